@@ -1,0 +1,203 @@
+"""Compatibility shims that let RecBole 1.2.1 run correctly on numpy 2, pandas 3 and torch >= 2.6.
+
+RecBole 1.2.1 (2023) predates these releases. Every fix lives in this one module and is applied
+explicitly by :func:`apply`, which our entry points (``mind_recbole.run_recbole``, the
+``mind-recbole`` command, ``load_data_and_model``) call before they import RecBole's trainer, data
+or quick-start code. Importing :mod:`mind_recbole` alone changes nothing.
+
+What is fixed, and why (each has a test in ``tests/test_compat.py``):
+
+1. **numpy 2 aliases.** RecBole uses ``np.float`` / ``np.int`` in its metrics, interaction and
+   dataset code and its ``Config.compatibility_settings()`` defines them from ``np.float_``,
+   ``np.complex_`` and ``np.unicode_``, which numpy 2 removed, so ``Config(...)`` raises.
+   ``from ray import tune`` (imported by RecBole) needs ``np.bool8``. We define the aliases with
+   numpy 2's names and make ``compatibility_settings`` do the same.
+2. **pandas 3 copy-on-write.** ``df[field].fillna(..., inplace=True)`` on a column is a no-op
+   under copy-on-write, so RecBole's ``Dataset._fill_nan`` left missing token values as NaN
+   (data silently changed) and ``Dataset._load_feat`` crashed on a missing ``token_seq`` value.
+   ``Dataset._fill_nan`` is replaced by a copy that assigns the filled column back;
+   ``Dataset._load_feat`` runs with a ``read_csv`` that fills missing sequence cells first.
+   pandas 3 also made ``Series.agg(len)`` return the length of the Series instead of each
+   cell's, so ``Dataset._remap`` put every ``token_seq`` value into one row and failed
+   (``Length of values (1) does not match length of index``); it is replaced by a copy using
+   ``Series.map(len)``. Known left alone (not used by this project's configs): the same
+   ``agg(len)`` in ``_normalize`` / ``_discretization`` of ``float_seq`` fields and in
+   ``KnowledgeBasedDataset``.
+3. **torch >= 2.6 ``weights_only=True``.** RecBole's checkpoints pickle its ``Config``, so the
+   trainer could not reload its own best model for the test evaluation (``UnpicklingError``).
+   The trainer module's ``torch`` is swapped for a proxy whose ``load`` defaults to
+   ``weights_only=False``; the rest of torch is untouched. Only load checkpoints you trust.
+4. **Anomaly detection.** ``recbole/model/sequential_recommender/sine.py`` calls
+   ``torch.autograd.set_detect_anomaly(True)`` at import, slowing every model's backward pass
+   (about +60 % measured on SASRec). We import it and switch anomaly detection back off.
+
+``pkg_resources`` (needed by ``ray`` 2.6.3, RecBole's ``ray <= 2.6.3``) is handled by pinning
+``setuptools < 82`` in ``pyproject.toml``, not here.
+"""
+
+import types
+import warnings
+
+import numpy as np
+
+_NUMPY_ALIASES = {
+    "bool": np.bool_,
+    "bool8": np.bool_,
+    "int": np.int_,
+    "long": np.int_,
+    "float": np.float64,
+    "float_": np.float64,
+    "complex": np.complex128,
+    "complex_": np.complex128,
+    "object": np.object_,
+    "str": np.str_,
+    "unicode": np.str_,
+    "unicode_": np.str_,
+}
+
+_applied = False
+
+
+def apply():
+    """Apply every shim once (idempotent). Call before importing RecBole's trainer or data code."""
+    global _applied
+    if _applied:
+        return
+    define_numpy_aliases()
+    _patch_config()
+    _patch_dataset()
+    _patch_trainer_checkpoint_loading()
+    _disable_sine_anomaly_detection()
+    _applied = True
+
+
+def define_numpy_aliases():
+    """Define the numpy 1 aliases RecBole and ray 2.6.3 use, with numpy 2's names."""
+    for alias, target in _NUMPY_ALIASES.items():
+        if not hasattr(np, alias):
+            setattr(np, alias, target)
+
+
+def _patch_config():
+    from recbole.config import configurator
+
+    configurator.Config.compatibility_settings = lambda self: define_numpy_aliases()
+
+
+def _patch_dataset():
+    from recbole.data.dataset import dataset
+
+    dataset.Dataset._fill_nan = _fill_nan
+    dataset.Dataset._remap = _remap
+    dataset.Dataset._load_feat = _make_load_feat(dataset.Dataset._load_feat)
+
+
+def _fill_nan(self):
+    """RecBole's ``Dataset._fill_nan`` with the filled column assigned back (copy-on-write safe).
+
+    Missing ``token`` values become the padding id 0, missing ``float`` values the column mean,
+    missing sequences an empty array.
+    """
+    from recbole.utils import FeatureType
+
+    for feat_name in self.feat_name_list:
+        feat = getattr(self, feat_name)
+        for field in feat:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                feat[field] = feat[field].fillna(value=0)
+            elif ftype == FeatureType.FLOAT:
+                feat[field] = feat[field].fillna(value=feat[field].mean())
+            else:
+                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                feat[field] = feat[field].apply(
+                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
+                )
+
+
+def _remap(self, remap_list):
+    """RecBole's ``Dataset._remap`` with ``Series.map(len)`` for per-row token_seq lengths."""
+    import pandas as pd
+    from recbole.utils import FeatureType
+
+    if len(remap_list) == 0:
+        return
+    tokens, split_point = self._concat_remaped_tokens(remap_list)
+    new_ids_list, mp = pd.factorize(tokens)
+    new_ids_list = np.split(new_ids_list + 1, split_point)
+    mp = np.array(["[PAD]"] + list(mp))
+    token_id = {t: i for i, t in enumerate(mp)}
+
+    for (feat, field, ftype), new_ids in zip(remap_list, new_ids_list):
+        if field not in self.field2id_token:
+            self.field2id_token[field] = mp
+            self.field2token_id[field] = token_id
+        if ftype == FeatureType.TOKEN:
+            feat[field] = new_ids
+        elif ftype == FeatureType.TOKEN_SEQ:
+            split_point = np.cumsum(feat[field].map(len).to_numpy())[:-1]
+            feat[field] = np.split(new_ids, split_point)
+
+
+def _make_load_feat(original_load_feat):
+    """Wrap ``Dataset._load_feat`` so missing sequence cells are read as empty strings.
+
+    RecBole reads the file with ``pandas.read_csv`` and then (no-op under copy-on-write) fills
+    missing sequence cells with ``""`` before splitting them. We run the original with its
+    module's ``pd`` replaced by a proxy whose ``read_csv`` fills missing ``*_seq`` columns, which
+    is exactly what the original meant to do.
+    """
+    from recbole.data.dataset import dataset as dataset_module
+
+    real_pandas = dataset_module.pd
+
+    def read_csv_filling_sequences(*args, **kwargs):
+        frame = real_pandas.read_csv(*args, **kwargs)
+        for column in kwargs.get("usecols") or []:
+            if column.endswith("_seq"):
+                frame[column] = frame[column].fillna("")
+        return frame
+
+    pandas_proxy = _ModuleProxy(real_pandas, read_csv=read_csv_filling_sequences)
+
+    def load_feat(self, filepath, source):
+        dataset_module.pd = pandas_proxy
+        try:
+            with warnings.catch_warnings():  # the no-op fillna it still calls, now harmless
+                warnings.simplefilter("ignore", category=getattr(real_pandas.errors, "ChainedAssignmentError", Warning))
+                return original_load_feat(self, filepath, source)
+        finally:
+            dataset_module.pd = real_pandas
+
+    load_feat.__doc__ = original_load_feat.__doc__
+    return load_feat
+
+
+class _ModuleProxy(types.SimpleNamespace):
+    """A module stand-in: the given attributes overridden, everything else forwarded."""
+
+    def __init__(self, module, **overrides):
+        super().__init__(**overrides)
+        self._module = module
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def _patch_trainer_checkpoint_loading():
+    import torch
+    from recbole.trainer import trainer
+
+    def load_trusted_checkpoint(*args, **kwargs):
+        kwargs.setdefault("weights_only", False)
+        return torch.load(*args, **kwargs)
+
+    trainer.torch = _ModuleProxy(torch, load=load_trusted_checkpoint)
+
+
+def _disable_sine_anomaly_detection():
+    import torch
+
+    import recbole.model.sequential_recommender.sine  # noqa: F401  (its import turns anomaly mode on)
+
+    torch.autograd.set_detect_anomaly(False)

@@ -1,0 +1,1 @@
+"""Converters that turn public recommendation data into RecBole atomic files."""

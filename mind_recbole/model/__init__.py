@@ -1,0 +1,1 @@
+"""The plugin's models: MIND and its single-interest baseline YouTubeDNN."""

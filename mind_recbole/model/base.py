@@ -1,0 +1,167 @@
+"""What MIND and YouTubeDNN share: item tower, user profile, ReLU tower, losses and scoring.
+
+A subclass implements :meth:`InterestRecommender.extract_interests` (history -> capsules) and may
+override :meth:`InterestRecommender.training_user_vector` (MIND: label-aware attention).
+"""
+
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from torch import nn
+from torch.nn import functional as F
+
+from mind_recbole.model.layers import (
+    ItemTower,
+    ReLUTower,
+    UserProfileEmbedding,
+    feature_table,
+    max_over_interests,
+)
+
+LOSS_TYPES = ("sampled_softmax", "CE")
+
+
+class InterestRecommender(SequentialRecommender):
+    """A retrieval model whose user is ``K`` interest vectors and whose item is one vector.
+
+    ``forward`` returns the interests ``[B, K, D]`` and their mask ``[B, K]``; an item's score is
+    ``max_k e_i . v_u^k`` over the active interests.
+    """
+
+    interest_num = 1
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+
+        # parameters from config
+        self.embedding_size = config["embedding_size"]
+        self.item_side_fields = list(config["item_side_fields"] or [])
+        self.user_profile_fields = list(config["user_profile_fields"] or [])
+        self.tower_hidden_sizes = list(config["tower_hidden_sizes"] or [])
+        self.dropout_prob = config["dropout_prob"]
+        self.loss_type = config["loss_type"]
+        self.num_negatives = config["num_negatives"]
+        self.negative_sampling_alpha = config["negative_sampling_alpha"]
+        self.score_chunk_size = config["score_chunk_size"]
+        self._check_config()
+
+        # layers and loss
+        side_tables = feature_table(dataset, "item", self.item_side_fields)
+        profile_tables = feature_table(dataset, "user", self.user_profile_fields)
+        self.item_tower = ItemTower(
+            self.n_items, self.embedding_size, side_tables, {f: dataset.num(f) for f in side_tables}
+        )
+        self.user_profile = UserProfileEmbedding(
+            profile_tables, {f: dataset.num(f) for f in profile_tables}, self.embedding_size
+        )
+        self.history_dropout = nn.Dropout(self.dropout_prob)
+        self.tower = ReLUTower(
+            self.embedding_size + self.user_profile.output_size,
+            self.tower_hidden_sizes,
+            self.embedding_size,
+            self.dropout_prob,
+        )
+        self.register_buffer("negative_log_probs", self._negative_log_probs(dataset), persistent=False)
+
+        # initialisation
+        self.apply(self._init_weights)
+
+    def _check_config(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.loss_type == "sampled_softmax" and self.num_negatives < 1:
+            raise ValueError(f"num_negatives must be >= 1 for sampled_softmax, got {self.num_negatives}")
+        if self.embedding_size < 1:
+            raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def _negative_log_probs(self, dataset):
+        """Log of the negative-sampling distribution ``q(i) ~ (count_i + 1)^alpha``; padding excluded."""
+        counts = torch.bincount(dataset.inter_feat[self.ITEM_ID].long(), minlength=self.n_items).float()
+        weights = (counts + 1.0).pow(self.negative_sampling_alpha)
+        weights[0] = 0.0
+        return torch.log(weights / weights.sum())
+
+    # ------------------------------------------------------------------ representations
+    def extract_interests(self, history, seq_mask, item_seq_len):
+        """History ``[B, L, D]`` -> capsules ``[B, K, D]`` and interest mask ``[B, K]``."""
+        raise NotImplementedError
+
+    def forward(self, item_seq, item_seq_len, user_ids=None):
+        """Interests ``[B, K, D]`` and their mask ``[B, K]`` (False for inactive interests)."""
+        seq_mask = item_seq > 0  # [B L]
+        history = self.history_dropout(self.item_tower(item_seq))  # [B L D]
+        capsules, interest_mask = self.extract_interests(history, seq_mask, item_seq_len)  # [B K D]
+        if self.user_profile.output_size:
+            profile = self.user_profile(user_ids)  # [B P]
+            profile = profile.unsqueeze(1).expand(-1, capsules.shape[1], -1)  # [B K P]
+            capsules = torch.cat([capsules, profile], dim=-1)
+        interests = self.tower(capsules)  # [B K D]
+        return interests, interest_mask
+
+    def user_interests(self, interaction):
+        user_ids = interaction[self.USER_ID] if self.user_profile.output_size else None
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], user_ids)
+
+    def all_item_vectors(self):
+        """The item tower over the whole catalogue, ``[n_items, D]`` (row 0 is padding)."""
+        return self.item_tower(torch.arange(self.n_items, device=self.negative_log_probs.device))
+
+    def training_user_vector(self, interests, interest_mask, target_vectors):
+        """One user vector per target ``[B, D]``; a single-interest model has nothing to choose."""
+        return interests[:, 0]
+
+    # ------------------------------------------------------------------ training
+    def calculate_loss(self, interaction):
+        interests, interest_mask = self.user_interests(interaction)
+        targets = interaction[self.POS_ITEM_ID]  # [B]
+        target_vectors = self.item_tower(targets)  # [B D]
+        user_vectors = self.training_user_vector(interests, interest_mask, target_vectors)  # [B D]
+        if self.loss_type == "CE":
+            logits = user_vectors @ self.all_item_vectors().transpose(0, 1)  # [B N]
+            logits[:, 0] = float("-inf")
+            return F.cross_entropy(logits, targets)
+        return self.sampled_softmax_loss(user_vectors, target_vectors, targets)
+
+    def sampled_softmax_loss(self, user_vectors, target_vectors, targets):
+        """Sampled softmax with log-Q correction (Jean et al. 2015; Yi et al. 2019).
+
+        ``num_negatives`` items are drawn with replacement from ``q`` and shared by the batch;
+        every logit is corrected by ``-log(num_negatives * q(i))``; a negative equal to the row's
+        target (an accidental hit) is masked out.
+        """
+        negatives = torch.multinomial(
+            self.negative_log_probs.exp(), self.num_negatives, replacement=True
+        )  # [S]
+        log_expected = self.negative_log_probs + torch.log(torch.tensor(float(self.num_negatives)))
+        positive_logits = (user_vectors * target_vectors).sum(-1) - log_expected[targets]  # [B]
+        negative_logits = user_vectors @ self.item_tower(negatives).transpose(0, 1)  # [B S]
+        negative_logits = negative_logits - log_expected[negatives]
+        negative_logits = negative_logits.masked_fill(targets.unsqueeze(1) == negatives, float("-inf"))
+        logits = torch.cat([positive_logits.unsqueeze(1), negative_logits], dim=1)  # [B 1+S]
+        return F.cross_entropy(logits, torch.zeros_like(targets))
+
+    # ------------------------------------------------------------------ scoring
+    def predict(self, interaction):
+        interests, interest_mask = self.user_interests(interaction)  # [B K D]
+        item_vectors = self.item_tower(interaction[self.ITEM_ID])  # [B D]
+        scores = torch.einsum("bkd,bd->bk", interests, item_vectors)
+        return scores.masked_fill(~interest_mask, float("-inf")).amax(dim=1)  # [B]
+
+    def full_sort_predict(self, interaction):
+        interests, interest_mask = self.user_interests(interaction)
+        return max_over_interests(
+            interests, interest_mask, self.all_item_vectors(), self._item_chunk_size(interests.shape[0])
+        )  # [B n_items]
+
+    def _item_chunk_size(self, batch_size):
+        """Items per scoring chunk so that ``B * K * chunk`` stays near ``score_chunk_size``."""
+        return max(1, self.score_chunk_size // max(1, batch_size * self.interest_num))

@@ -1,0 +1,265 @@
+"""Building blocks shared by MIND and YouTubeDNN: feature embeddings, routing, attention, scoring."""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def feature_table(dataset, source, fields):
+    """Per-id feature tensors of ``fields`` from the dataset's ``.item`` or ``.user`` table.
+
+    Row ``i`` of each tensor belongs to internal id ``i`` (RecBole aligns its feature tables that
+    way; row 0 is padding). Raises ``ValueError`` naming the field and the missing file or column.
+    """
+    if not fields:
+        return {}
+    table = dataset.get_item_feature() if source == "item" else dataset.get_user_feature()
+    id_field = dataset.iid_field if source == "item" else dataset.uid_field
+    config_key = "item_side_fields" if source == "item" else "user_profile_fields"
+    available = [f for f in table.columns if f != id_field]
+    tensors = {}
+    for field in fields:
+        if field not in table.columns:
+            raise ValueError(
+                f"{config_key} names {field!r}, but the {dataset.dataset_name}.{source} file loaded from "
+                f"{dataset.dataset_path} has no such field (loaded: {available or 'none'}); "
+                f"add it to load_col['{source}'] or remove it from {config_key}"
+            )
+        if dataset.field2type[field].value not in ("token", "token_seq"):
+            raise ValueError(
+                f"{config_key}: field {field!r} is of type {dataset.field2type[field].value}; "
+                "only token and token_seq fields can be embedded"
+            )
+        tensors[field] = table[field].long()
+    return tensors
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds the token / token_seq features of an id (item or user) from a fixed feature table.
+
+    A token feature is one lookup; a token_seq feature is the mean of its tokens. Padding (token 0)
+    is masked, so an id whose feature is missing gets no vector for it (``present`` is False).
+
+    Args:
+        tables (dict): field -> LongTensor ``[n_ids]`` (token) or ``[n_ids, max_len]`` (token_seq).
+        vocab_sizes (dict): field -> number of tokens, padding included.
+        embedding_size (int): output size D of each field's embedding.
+
+    Shape:
+        - Input: ids ``[*]``.
+        - Output: per field, a tuple (vectors ``[*, D]``, present ``[*]`` bool).
+    """
+
+    def __init__(self, tables, vocab_sizes, embedding_size):
+        super().__init__()
+        self.fields = list(tables)
+        self.embeddings = nn.ModuleDict(
+            {field: nn.Embedding(vocab_sizes[field], embedding_size, padding_idx=0) for field in self.fields}
+        )
+        for field, table in tables.items():
+            self.register_buffer(f"table_{field}", table, persistent=False)
+
+    def forward(self, ids):
+        outputs = {}
+        for field in self.fields:
+            values = getattr(self, f"table_{field}")[ids]  # [*] or [*, T]
+            vectors = self.embeddings[field](values)  # [*, D] or [*, T, D]
+            if values.dim() > ids.dim():  # token_seq: masked mean over tokens
+                counts = (values > 0).sum(-1, keepdim=True)  # [*, 1]
+                vectors = vectors.sum(-2) / counts.clamp(min=1)
+                present = counts.squeeze(-1) > 0
+            else:
+                present = values > 0
+            outputs[field] = (vectors, present)
+        return outputs
+
+
+class ItemTower(nn.Module):
+    """Item vector: average pooling of the item id embedding and its side-feature embeddings.
+
+    Missing side features (padding) are left out of the average, as MIND's paper pools the
+    features an item has.
+
+    Shape:
+        - Input: item ids ``[*]`` (0 is padding and maps to the zero vector).
+        - Output: ``[*, D]``.
+    """
+
+    def __init__(self, n_items, embedding_size, side_tables, side_vocab_sizes):
+        super().__init__()
+        self.id_embedding = nn.Embedding(n_items, embedding_size, padding_idx=0)
+        self.side_features = FeatureEmbedding(side_tables, side_vocab_sizes, embedding_size)
+
+    def forward(self, item_ids):
+        total = self.id_embedding(item_ids)  # [*, D]
+        count = torch.ones_like(item_ids, dtype=total.dtype)  # [*]
+        for vectors, present in self.side_features(item_ids).values():
+            total = total + vectors
+            count = count + present.to(total.dtype)
+        return total / count.unsqueeze(-1)
+
+
+class UserProfileEmbedding(nn.Module):
+    """Concatenated embeddings of a user's profile fields (age, gender, ...); zeros where missing.
+
+    Shape:
+        - Input: user ids ``[B]``.
+        - Output: ``[B, n_fields * D]`` (``[B, 0]`` when no field is configured).
+    """
+
+    def __init__(self, profile_tables, profile_vocab_sizes, embedding_size):
+        super().__init__()
+        self.features = FeatureEmbedding(profile_tables, profile_vocab_sizes, embedding_size)
+        self.output_size = len(profile_tables) * embedding_size
+
+    def forward(self, user_ids):
+        vectors = [vectors for vectors, _ in self.features(user_ids).values()]
+        if not vectors:
+            return user_ids.new_zeros((user_ids.shape[0], 0), dtype=torch.float)
+        return torch.cat(vectors, dim=-1)
+
+
+def squash(vectors, dim=-1, eps=1e-9):
+    """Capsule squash: ``|z|^2 / (1 + |z|^2) * z / |z|``; maps the zero vector to zero."""
+    squared_norm = (vectors * vectors).sum(dim, keepdim=True)
+    return squared_norm / (1.0 + squared_norm) * vectors / torch.sqrt(squared_norm + eps)
+
+
+def interest_count_mask(seq_len, interest_num):
+    """Mask of each user's active interests, ``K'_u = max(1, min(K, floor(log2 |I_u|)))``.
+
+    Computed with integer comparisons (``|I_u| >= 2^k``), exact for every length and free of
+    floating-point ``log2`` rounding, also after ONNX export.
+
+    Shape:
+        - Input: seq_len ``[B]`` (int), interest_num K.
+        - Output: ``[B, K]`` bool, True for the first ``K'_u`` interests.
+    """
+    powers = 2 ** torch.arange(1, interest_num + 1, device=seq_len.device)  # [K]: 2, 4, ..., 2^K
+    count = (seq_len.unsqueeze(-1) >= powers).sum(-1).clamp(min=1, max=interest_num)  # [B]
+    positions = torch.arange(interest_num, device=seq_len.device)  # [K]
+    return positions.unsqueeze(0) < count.unsqueeze(-1)
+
+
+class B2IDynamicRouting(nn.Module):
+    """Behaviour-to-interest (B2I) dynamic routing of MIND (Li et al., 2019, Algorithm 1).
+
+    Every behaviour embedding ``e_j`` is mapped by one shared bilinear matrix ``S`` and routed to
+    the interest capsules: routing logits ``b_kj`` start from ``N(0, sigma^2)``, the weights are a
+    softmax over the *interests* ``k`` (inactive interests excluded), padded behaviours get weight
+    0, ``u_k = squash(sum_j w_kj S e_j)`` and ``b_kj += u_k . S e_j`` between iterations.
+
+    Training draws fresh logits for every sequence, as the paper does. In eval mode the logits come
+    from a buffer drawn once from the same distribution (saved with the model), so inference is
+    deterministic and exportable. As in ComiRec's implementation, the logit updates do not
+    back-propagate (``S e_j`` is detached there); the last iteration's capsules do, so gradients
+    reach ``S`` and the embeddings.
+
+    Args:
+        embedding_size (int): D, size of behaviour embeddings and capsules.
+        interest_num (int): K, the maximum number of interests.
+        max_seq_length (int): longest history, the size of the eval logits buffer.
+        iterations (int): routing iterations r (3 in the paper).
+        init_std (float): sigma of the routing logits' normal initialisation.
+
+    Shape:
+        - behaviours: ``[B, L, D]``; seq_mask: ``[B, L]`` bool; interest_mask: ``[B, K]`` bool.
+        - Output: capsules ``[B, K, D]`` (zero for inactive interests).
+    """
+
+    def __init__(self, embedding_size, interest_num, max_seq_length, iterations=3, init_std=1.0):
+        super().__init__()
+        self.interest_num = interest_num
+        self.iterations = iterations
+        self.init_std = init_std
+        self.bilinear = nn.Parameter(torch.empty(embedding_size, embedding_size))  # S
+        nn.init.xavier_normal_(self.bilinear)
+        self.register_buffer("eval_routing_logits", torch.randn(interest_num, max_seq_length) * init_std)
+
+    def initial_logits(self, batch_size, seq_len, like):
+        if self.training:
+            return torch.randn(batch_size, self.interest_num, seq_len, device=like.device) * self.init_std
+        return self.eval_routing_logits[:, :seq_len].unsqueeze(0).expand(batch_size, -1, -1)
+
+    def forward(self, behaviours, seq_mask, interest_mask):
+        batch_size, seq_len, _ = behaviours.shape
+        mapped = behaviours @ self.bilinear.transpose(0, 1)  # [B L D]: S e_j
+        mapped_detached = mapped.detach()
+        logits = self.initial_logits(batch_size, seq_len, behaviours)  # [B K L]
+        inactive = ~interest_mask.unsqueeze(-1)  # [B K 1]
+        behaviour_weight = seq_mask.unsqueeze(1).to(behaviours.dtype)  # [B 1 L]
+        for iteration in range(self.iterations):
+            last = iteration == self.iterations - 1
+            weights = torch.softmax(logits.masked_fill(inactive, float("-inf")), dim=1)  # [B K L]
+            weights = weights * behaviour_weight
+            source = mapped if last else mapped_detached
+            capsules = squash(weights @ source)  # [B K D]
+            if not last:
+                logits = logits + capsules @ source.transpose(1, 2)  # [B K L]
+        return capsules
+
+
+def label_aware_attention(interests, interest_mask, target, power):
+    """MIND's label-aware attention: ``v_u = V softmax(pow(V^T e_i, p))`` over active interests.
+
+    ``pow`` keeps the sign (``sign(x) |x|^p``) so that the ordering of the scores is kept for any
+    real ``p > 0``; ``p = inf`` selects the best-matching interest (hard attention), the limit of
+    large ``p``. Powered scores are clipped to +-1e30 so that large finite ``p`` never overflows.
+
+    Shape:
+        - interests ``[B, K, D]``, interest_mask ``[B, K]`` bool, target ``[B, D]``.
+        - Output: ``[B, D]``.
+    """
+    scores = torch.einsum("bkd,bd->bk", interests, target)  # [B K]
+    if math.isinf(power):
+        best = scores.masked_fill(~interest_mask, float("-inf")).argmax(dim=-1)  # [B]
+        weights = F.one_hot(best, interests.shape[1]).to(interests.dtype)
+    else:
+        powered = torch.sign(scores) * scores.abs().pow(power)
+        powered = powered.clamp(-1e30, 1e30).masked_fill(~interest_mask, float("-inf"))
+        weights = torch.softmax(powered, dim=-1)  # [B K]
+    return torch.einsum("bk,bkd->bd", weights, interests)
+
+
+def max_over_interests(interests, interest_mask, item_vectors, chunk_size=None):
+    """Score every item by its best interest: ``max_k e_i . v_u^k`` over active interests.
+
+    Items are scored ``chunk_size`` at a time, so the ``[B, K, chunk]`` intermediate stays bounded.
+
+    Shape:
+        - interests ``[B, K, D]``, interest_mask ``[B, K]`` bool, item_vectors ``[N, D]``.
+        - Output: ``[B, N]``.
+    """
+    chunk_size = chunk_size or item_vectors.shape[0]
+    inactive = ~interest_mask.unsqueeze(-1)  # [B K 1]
+    scores = []
+    for start in range(0, item_vectors.shape[0], chunk_size):
+        chunk = item_vectors[start : start + chunk_size]  # [n D]
+        chunk_scores = torch.einsum("bkd,nd->bkn", interests, chunk)  # [B K n]
+        scores.append(chunk_scores.masked_fill(inactive, float("-inf")).amax(dim=1))  # [B n]
+    return torch.cat(scores, dim=1)
+
+
+class ReLUTower(nn.Module):
+    """The "concat & ReLU" layer(s) over each interest capsule and the user profile.
+
+    ``hidden_sizes`` ReLU layers, then a linear projection back to ``output_size`` so interest
+    vectors can take either sign when dotted with item vectors (as in DeepMatch's MIND).
+
+    Shape:
+        - Input: ``[*, input_size]``. Output: ``[*, output_size]``.
+    """
+
+    def __init__(self, input_size, hidden_sizes, output_size, dropout_prob=0.0):
+        super().__init__()
+        layers = []
+        for hidden_size in hidden_sizes:
+            layers += [nn.Linear(input_size, hidden_size), nn.ReLU(), nn.Dropout(dropout_prob)]
+            input_size = hidden_size
+        layers.append(nn.Linear(input_size, output_size))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, inputs):
+        return self.layers(inputs)

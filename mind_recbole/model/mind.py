@@ -1,0 +1,55 @@
+r"""MIND
+################################################
+
+Reference:
+    Chao Li et al. "Multi-Interest Network with Dynamic Routing for Recommendation at Tmall."
+    In CIKM 2019 (arXiv:1904.08030).
+
+A user's history is routed into up to ``K`` interest capsules (behaviour-to-interest dynamic
+routing with one shared bilinear map), each capsule concatenated with the user profile goes through
+a ReLU layer, and training weighs the interests by label-aware attention. An item is scored by its
+best-matching interest, ``max_k e_i . v_u^k``.
+"""
+
+from mind_recbole.model.base import InterestRecommender
+from mind_recbole.model.layers import B2IDynamicRouting, interest_count_mask, label_aware_attention
+
+
+class MIND(InterestRecommender):
+    """Multi-Interest Network with Dynamic Routing (see the module docstring)."""
+
+    def __init__(self, config, dataset):
+        # parameters from config (the shared ones are read by InterestRecommender)
+        self.interest_num = config["interest_num"]
+        self.routing_iterations = config["routing_iterations"]
+        self.routing_init_std = config["routing_init_std"]
+        self.attention_pow = float(config["attention_pow"])
+        super().__init__(config, dataset)
+
+        # layers
+        self.routing = B2IDynamicRouting(
+            self.embedding_size,
+            self.interest_num,
+            self.max_seq_length,
+            self.routing_iterations,
+            self.routing_init_std,
+        )
+
+    def _check_config(self):
+        super()._check_config()
+        if self.interest_num < 1:
+            raise ValueError(f"interest_num (K) must be >= 1, got {self.interest_num}")
+        if self.routing_iterations < 1:
+            raise ValueError(f"routing_iterations must be >= 1, got {self.routing_iterations}")
+        if not self.attention_pow > 0:
+            raise ValueError(f"attention_pow (p) must be > 0 (or inf for hard attention), got {self.attention_pow}")
+        if self.routing_init_std < 0:
+            raise ValueError(f"routing_init_std must be >= 0, got {self.routing_init_std}")
+
+    def extract_interests(self, history, seq_mask, item_seq_len):
+        interest_mask = interest_count_mask(item_seq_len, self.interest_num)  # [B K]
+        capsules = self.routing(history, seq_mask, interest_mask)  # [B K D]
+        return capsules, interest_mask
+
+    def training_user_vector(self, interests, interest_mask, target_vectors):
+        return label_aware_attention(interests, interest_mask, target_vectors, self.attention_pow)
