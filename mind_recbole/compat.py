@@ -74,7 +74,7 @@ def apply():
 def define_numpy_aliases():
     """Define the numpy 1 aliases RecBole and ray 2.6.3 use, with numpy 2's names."""
     for alias, target in _NUMPY_ALIASES.items():
-        if not hasattr(np, alias):
+        if alias not in vars(np):  # hasattr would trigger numpy 2's FutureWarning for np.object / np.str
             setattr(np, alias, target)
 
 

@@ -159,7 +159,8 @@ def convert_amazon(
             ``"csv-2018"`` (item,user,rating,timestamp).
         show_progress: show a tqdm line counter on stderr.
 
-    Exact duplicate (user, item, time) rows keep their first occurrence. Interactions are
+    The ``rating`` column is written when any line has a rating (an empty field where a line
+    has none). Exact duplicate (user, item, time) rows keep their first occurrence. Interactions are
     written sorted by user token, then time, same-time reviews in file order. When ``meta`` is
     None, a ``{dataset}.item`` left by an earlier run is removed, since it would no longer match.
 
@@ -248,7 +249,7 @@ class _Lines:
             try:
                 for raw in lines:
                     self.lines_read += 1
-                    if raw.strip():
+                    if not raw.isspace():
                         yield self.lines_read, raw
             except (EOFError, zlib.error, gzip.BadGzipFile) as error:
                 raise ValueError(
@@ -567,12 +568,16 @@ def _read_meta(
 
 
 def _item_features(record: dict) -> tuple[str, str, str]:
-    """(brand, categories token_seq, top-level category) of one meta record."""
+    """(brand, categories token_seq, top-level category) of one meta record.
+
+    Category names below the root, distinct, in first-seen order; the top-level category is the
+    first of them in the first path. Empty names (a few 2014 paths read ``["Beauty", "", ...]``)
+    are skipped.
+    """
     brand = record.get("brand")
-    paths = _category_paths(record)
-    names = (_category_token(name) for path in paths for name in path[1:])
-    categories = " ".join(dict.fromkeys(name for name in names if name))
-    category = _category_token(paths[0][1]) if paths and len(paths[0]) > 1 else ""
+    paths = [[_category_token(name) for name in path[1:]] for path in _category_paths(record)]
+    categories = " ".join(dict.fromkeys(name for path in paths for name in path if name))
+    category = next((name for name in paths[0] if name), "") if paths else ""
     return ("" if brand is None else _clean_text(brand)), categories, category
 
 

@@ -1,0 +1,165 @@
+"""MIND's building blocks on small hand-made tensors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mind_recbole.model.layers import (
+    B2IDynamicRouting,
+    interest_count_mask,
+    label_aware_attention,
+    max_over_interests,
+    squash,
+)
+
+
+def reference_routing(behaviours, length, bilinear, logits, active, iterations):
+    """Algorithm 1 of the MIND paper, written with plain loops over interests and behaviours."""
+    mapped = [bilinear @ behaviours[j] for j in range(length)]
+    logits = logits.copy()
+    for iteration in range(iterations):
+        capsules = []
+        for k in range(active):
+            z = np.zeros(bilinear.shape[0])
+            for j in range(length):
+                w = math.exp(logits[k, j]) / sum(math.exp(logits[kk, j]) for kk in range(active))
+                z += w * mapped[j]
+            norm2 = float(z @ z)
+            capsules.append(norm2 / (1 + norm2) * z / math.sqrt(norm2))
+        if iteration < iterations - 1:
+            for k in range(active):
+                for j in range(length):
+                    logits[k, j] += capsules[k] @ mapped[j]
+    return np.array(capsules)
+
+
+def make_routing(dim, interests, max_len, iterations, bilinear, eval_logits):
+    routing = B2IDynamicRouting(dim, interests, max_len, iterations=iterations)
+    with torch.no_grad():
+        routing.bilinear.copy_(torch.as_tensor(bilinear, dtype=torch.float))
+        routing.eval_routing_logits.copy_(torch.as_tensor(eval_logits, dtype=torch.float))
+    return routing.eval()
+
+
+def test_squash_shrinks_length_and_keeps_direction():
+    vectors = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    out = squash(vectors)
+    assert torch.allclose(out[0], torch.tensor([3.0, 4.0]) / 5 * 25 / 26)
+    assert torch.equal(out[1], torch.zeros(2))
+
+
+def test_routing_one_iteration_hand_computed():
+    # b = 0, two interests: every behaviour splits 1/2 - 1/2, z_k = (0.5, 0.5) for both,
+    # |z|^2 = 0.5, squash = 0.5 / 1.5 * z / sqrt(0.5) = (sqrt(2)/6, sqrt(2)/6).
+    routing = make_routing(2, 2, 3, 1, np.eye(2), np.zeros((2, 3)))
+    behaviours = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [7.0, 7.0]]])  # third position is padding
+    seq_mask = torch.tensor([[True, True, False]])
+    capsules = routing(behaviours, seq_mask, torch.tensor([[True, True]]))
+    expected = torch.full((1, 2, 2), math.sqrt(2) / 6)
+    assert torch.allclose(capsules, expected, atol=1e-6)
+
+
+def test_routing_matches_paper_algorithm_with_three_iterations():
+    rng = np.random.default_rng(0)
+    dim, interests, length = 4, 3, 5
+    bilinear = rng.normal(size=(dim, dim))
+    logits = rng.normal(size=(interests, length))
+    behaviours = rng.normal(size=(length, dim))
+    routing = make_routing(dim, interests, length, 3, bilinear, logits)
+    capsules = routing(
+        torch.tensor(behaviours[None], dtype=torch.float),
+        torch.ones(1, length, dtype=torch.bool),
+        torch.ones(1, interests, dtype=torch.bool),
+    )
+    expected = reference_routing(behaviours, length, bilinear, logits, interests, 3)
+    np.testing.assert_allclose(capsules[0].detach().numpy(), expected, atol=1e-5)
+
+
+def test_routing_inactive_interests_get_nothing_and_others_match_reference():
+    rng = np.random.default_rng(1)
+    bilinear, logits, behaviours = rng.normal(size=(3, 3)), rng.normal(size=(4, 6)), rng.normal(size=(6, 3))
+    routing = make_routing(3, 4, 6, 3, bilinear, logits)
+    capsules = routing(
+        torch.tensor(behaviours[None], dtype=torch.float),
+        torch.ones(1, 6, dtype=torch.bool),
+        torch.tensor([[True, True, False, False]]),
+    )
+    assert torch.equal(capsules[0, 2:], torch.zeros(2, 3))
+    expected = reference_routing(behaviours, 6, bilinear, logits, 2, 3)
+    np.testing.assert_allclose(capsules[0, :2].detach().numpy(), expected, atol=1e-5)
+
+
+def test_padding_does_not_change_capsules():
+    torch.manual_seed(0)
+    routing = B2IDynamicRouting(8, 4, 10).eval()
+    behaviours = torch.randn(1, 6, 8)
+    interest_mask = torch.ones(1, 4, dtype=torch.bool)
+    short = routing(behaviours, torch.ones(1, 6, dtype=torch.bool), interest_mask)
+    padded_behaviours = torch.cat([behaviours, torch.randn(1, 4, 8) * 100], dim=1)
+    seq_mask = torch.tensor([[True] * 6 + [False] * 4])
+    padded = routing(padded_behaviours, seq_mask, interest_mask)
+    assert torch.allclose(short, padded, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "length, interest_num, expected",
+    [(1, 4, 1), (2, 4, 1), (4, 4, 2), (9, 4, 3), (100, 4, 4), (100, 8, 6), (8, 4, 3), (7, 4, 2), (1, 1, 1)],
+)
+def test_interest_count_is_max_1_min_k_log2(length, interest_num, expected):
+    mask = interest_count_mask(torch.tensor([length]), interest_num)
+    assert mask.shape == (1, interest_num)
+    assert int(mask.sum()) == expected == max(1, min(interest_num, int(math.floor(math.log2(length)))))
+    assert mask[0, :expected].all() and not mask[0, expected:].any()
+
+
+def test_eval_routing_is_deterministic_and_training_is_random():
+    torch.manual_seed(0)
+    routing = B2IDynamicRouting(8, 4, 10)
+    behaviours, seq_mask = torch.randn(3, 10, 8), torch.ones(3, 10, dtype=torch.bool)
+    interest_mask = torch.ones(3, 4, dtype=torch.bool)
+    routing.eval()
+    assert torch.equal(routing(behaviours, seq_mask, interest_mask), routing(behaviours, seq_mask, interest_mask))
+    routing.train()
+    assert not torch.allclose(routing(behaviours, seq_mask, interest_mask), routing(behaviours, seq_mask, interest_mask))
+
+
+def test_gradients_reach_bilinear_and_behaviours():
+    routing = B2IDynamicRouting(4, 2, 5)
+    behaviours = torch.randn(2, 5, 4, requires_grad=True)
+    capsules = routing(behaviours, torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool))
+    capsules.pow(2).sum().backward()
+    assert routing.bilinear.grad is not None and routing.bilinear.grad.abs().sum() > 0
+    assert behaviours.grad.abs().sum() > 0
+
+
+def test_label_aware_attention_large_power_equals_hard_max():
+    interests = torch.tensor([[[3.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])
+    target = torch.tensor([[1.0, 0.5]])  # scores 3.0, 1.0, 7.5; the third interest is masked out
+    mask = torch.tensor([[True, True, False]])
+    hard = label_aware_attention(interests, mask, target, math.inf)
+    assert torch.equal(hard, interests[:, 0])
+    assert torch.allclose(label_aware_attention(interests, mask, target, 60.0), hard)
+    soft = label_aware_attention(interests, mask, target, 1.0)
+    weights = torch.softmax(torch.tensor([3.0, 1.0]), 0)
+    assert torch.allclose(soft, weights[0] * interests[:, 0] + weights[1] * interests[:, 1])
+
+
+def test_label_aware_attention_power_keeps_sign():
+    interests = torch.tensor([[[1.0], [-1.0]]])
+    target = torch.tensor([[2.0]])  # scores +2 and -2: p = 2 must not make them equal
+    out = label_aware_attention(interests, torch.ones(1, 2, dtype=torch.bool), target, 2.0)
+    weights = torch.softmax(torch.tensor([4.0, -4.0]), 0)
+    assert torch.allclose(out, torch.tensor([[weights[0] - weights[1]]]))
+
+
+def test_max_over_interests_masks_inactive_and_chunks_exactly():
+    torch.manual_seed(0)
+    interests, items = torch.randn(3, 4, 8), torch.randn(50, 8)
+    mask = torch.tensor([[True, False, False, False], [True, True, False, False], [True] * 4])
+    full = max_over_interests(interests, mask, items)
+    assert full.shape == (3, 50)
+    assert torch.allclose(full[0], items @ interests[0, 0])
+    assert torch.allclose(full[1], torch.maximum(items @ interests[1, 0], items @ interests[1, 1]))
+    assert torch.equal(max_over_interests(interests, mask, items, chunk_size=7), full)
