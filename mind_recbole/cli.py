@@ -4,6 +4,8 @@ Sub-commands:
   prepare amazon   McAuley Amazon review files -> RecBole atomic files under datasets/NAME/
   train            train and test a model (ours or RecBole's) with RecBole
   quickstart       MIND beside Pop on MovieLens-100k, shipped inside RecBole's wheel (offline)
+  export           a MIND / YouTubeDNN checkpoint -> ONNX user tower + item embeddings (parity-checked)
+  retrieve         top items for a history from an exported model (onnxruntime + numpy; no torch)
 
 Heavy imports (torch, RecBole) happen inside the sub-commands that need them.
 """
@@ -68,6 +70,31 @@ def build_parser():
     quickstart.add_argument("--epochs", type=int, default=5, help="MIND training epochs (default 5)")
     quickstart.add_argument("--result-json", type=Path, help="write both models' metrics here")
     quickstart.set_defaults(handler=run_quickstart)
+
+    export = commands.add_parser(
+        "export", help="export a MIND / YouTubeDNN checkpoint for serving (ONNX user tower, item embeddings)"
+    )
+    export.add_argument("--checkpoint", required=True, type=Path, help="RecBole checkpoint, e.g. saved/MIND-....pth")
+    export.add_argument("--out", required=True, type=Path, help="output directory (user_tower.onnx, item_embeddings.npy, ...)")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: torch's)")
+    export.add_argument("--atol", type=float, default=1e-5, help="parity tolerance, ONNX Runtime vs PyTorch (default 1e-5)")
+    export.add_argument(
+        "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+        help="torch.onnx exporter; auto is dynamo with a TorchScript fallback (default auto)",
+    )
+    export.set_defaults(handler=export_checkpoint)
+
+    retrieve = commands.add_parser("retrieve", help="top items for a history from an exported model (no torch needed)")
+    retrieve.add_argument("--model-dir", required=True, type=Path, help="a directory written by `mind-recbole export`")
+    retrieve.add_argument("--history", required=True, nargs="+", metavar="ITEM", help="item tokens (ASINs), oldest first")
+    retrieve.add_argument("--user", help="user token (models with user profile fields)")
+    retrieve.add_argument("--topk", type=int, default=50, help="items to return (default 50)")
+    retrieve.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
+    retrieve.add_argument("--ann", action="store_true", help="faiss HNSW search instead of exact scoring (needs faiss; the index is built per call)")
+    retrieve.add_argument("--skip-unknown", action="store_true", help="drop unknown item tokens instead of failing")
+    retrieve.add_argument("--include-history", action="store_true", help="allow the history's own items in the results")
+    retrieve.add_argument("--json", action="store_true", help="print JSON")
+    retrieve.set_defaults(handler=retrieve_items)
     return parser
 
 
@@ -174,3 +201,73 @@ def write_json(path, payload):
     temporary.write_text(json.dumps(payload, indent=2) + "\n")
     temporary.replace(path)
     print(f"wrote {path}")
+
+
+def export_checkpoint(args, _overrides):
+    from export.onnx_export import ParityError, export_user_tower
+
+    try:
+        result = export_user_tower(
+            args.checkpoint, args.out, opset=args.opset, atol=args.atol, exporter=args.exporter
+        )
+    except ParityError as error:
+        print(f"mind-recbole export: parity check failed: {error}", file=sys.stderr)
+        if error.report is not None:
+            print(error.report, file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+def retrieve_items(args, _overrides):
+    # onnxruntime + numpy only: this must work where torch is not installed.
+    import warnings
+
+    from export.retrieval import build_index, retrieve
+    from export.runtime import ProviderFallbackWarning, UserTower
+
+    if args.topk < 1:
+        raise ValueError(f"--topk must be >= 1, got {args.topk}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProviderFallbackWarning)
+        tower = UserTower(args.model_dir, provider=args.provider)
+    for warning in caught:
+        print(f"mind-recbole retrieve: warning: {warning.message}", file=sys.stderr)
+    index = None
+    if args.ann:
+        try:
+            index = build_index(tower.item_vectors, kind="hnsw")
+        except ImportError as error:
+            print(f"mind-recbole retrieve: error: {error}", file=sys.stderr)
+            return 2
+    users = [args.user] if args.user is not None else None
+    recommendations, mask = retrieve(
+        tower, [args.history], topk=args.topk, index=index, exclude_history=not args.include_history,
+        on_unknown="skip" if args.skip_unknown else "error", users=users,
+    )
+    items = recommendations[0]
+    active = int(mask[0].sum())
+    if args.json:
+        payload = {
+            "model": tower.metadata.get("model"),
+            "history": args.history,
+            "active_interests": active,
+            "interest_num": tower.interest_num,
+            "provider": tower.providers[0],
+            "search": "hnsw" if args.ann else "exact",
+            "items": [
+                {"rank": rank, "item": r.item, "score": r.score, "interest": r.interest}
+                for rank, r in enumerate(items, 1)
+            ],
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(
+        f"top {len(items)} for a history of {len(args.history)} items: {active} of {tower.interest_num} interests "
+        f"active, {'hnsw' if args.ann else 'exact'} search on {tower.providers[0]}"
+    )
+    width = max([len("item")] + [len(r.item) for r in items])
+    print(f"{'rank':>4}  {'item'.ljust(width)}  {'score':>10}  interest")
+    for rank, r in enumerate(items, 1):
+        print(f"{rank:>4}  {r.item.ljust(width)}  {r.score:10.5g}  {r.interest:>8}")
+    return 0

@@ -69,3 +69,57 @@ def beauty_mini_data(beauty_mini_path):
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return config, dataset, train_data, valid_data, test_data
+
+
+# ---------------------------------------------------------------------------------------------- serving
+AMAZON_CONFIG = PROJECT_ROOT / "configs" / "amazon-beauty.yaml"
+
+
+def train_tiny_checkpoint(model, data_path, workdir, dataset="amazon-beauty-mini", **overrides):
+    """Train ``model`` for 1 epoch on beauty-mini (cwd = ``workdir``, sys.argv trimmed); the checkpoint path."""
+    import sys
+
+    from mind_recbole import run_recbole
+
+    config_dict = {
+        "data_path": str(data_path), "epochs": 1, "MAX_ITEM_LIST_LENGTH": 20, "embedding_size": 16,
+        "num_negatives": 64, "checkpoint_dir": str(Path(workdir) / "saved"), "state": "WARNING",
+        "show_progress": False,
+    }
+    config_dict.update(overrides)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setattr(sys, "argv", sys.argv[:1])
+        result = run_recbole(
+            model=model, dataset=dataset, config_file_list=[str(AMAZON_CONFIG)], config_dict=config_dict
+        )
+    return Path(result["saved_model_file"])
+
+
+def load_checkpoint(checkpoint, workdir):
+    """``load_data_and_model`` with cwd = ``workdir`` (RecBole writes its log there)."""
+    import sys
+
+    from mind_recbole import load_data_and_model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        patch.setattr(sys, "argv", sys.argv[:1])
+        return load_data_and_model(str(checkpoint))
+
+
+@pytest.fixture(scope="session")
+def mind_checkpoint(beauty_mini_path, tmp_path_factory):
+    """A MIND checkpoint trained 1 epoch on beauty-mini (K=4, D=16, max_seq_length=20)."""
+    return train_tiny_checkpoint("MIND", beauty_mini_path, tmp_path_factory.mktemp("mind-train"))
+
+
+@pytest.fixture(scope="session")
+def mind_export(mind_checkpoint, tmp_path_factory):
+    """(model_dir, model, dataset, ExportResult): the MIND checkpoint exported with the default exporter."""
+    from export.onnx_export import export_model
+
+    workdir = tmp_path_factory.mktemp("mind-export")
+    _config, model, dataset, *_ = load_checkpoint(mind_checkpoint, workdir)
+    result = export_model(model, dataset, workdir / "model", checkpoint=mind_checkpoint)
+    return workdir / "model", model, dataset, result

@@ -1,0 +1,53 @@
+"""The layout of an exported model directory, shared by the exporter and the runtime (no imports).
+
+``DIR/user_tower.onnx``
+    inputs ``item_seq`` int64 ``[batch, seq_len]`` (internal item ids, oldest first, padding 0
+    after), ``item_seq_len`` int64 ``[batch]`` and, when the model embeds user profile fields,
+    ``user_id`` int64 ``[batch]``; outputs ``interests`` float32 ``[batch, K, D]`` and
+    ``interest_mask`` bool ``[batch, K]``. Metadata (``metadata_props``, read with onnxruntime's
+    ``session.get_modelmeta().custom_metadata_map``) under the keys below.
+``DIR/item_embeddings.npy``
+    float32 ``[n_items, D]``, the item tower over the catalogue (side features included; row 0 is
+    padding).
+``DIR/item_tokens.json``
+    JSON list, internal item id -> dataset token (the ASIN for Amazon data); index 0 is ``[PAD]``.
+``DIR/user_tokens.json``
+    Only for models with user profile fields: internal user id -> user token.
+``DIR/export_report.json``
+    The metadata and the parity check's result (informational).
+"""
+
+ONNX_FILE = "user_tower.onnx"
+ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
+ITEM_TOKENS_FILE = "item_tokens.json"
+USER_TOKENS_FILE = "user_tokens.json"
+REPORT_FILE = "export_report.json"
+
+INPUT_ITEM_SEQ = "item_seq"
+INPUT_ITEM_SEQ_LEN = "item_seq_len"
+INPUT_USER_ID = "user_id"
+OUTPUT_INTERESTS = "interests"
+OUTPUT_MASK = "interest_mask"
+
+PAD_TOKEN = "[PAD]"
+
+# metadata keys (all values are strings, as ONNX metadata_props require)
+META_MODEL = "model"  # MIND or YouTubeDNN
+META_INTEREST_NUM = "interest_num"  # K
+META_EMBEDDING_SIZE = "embedding_size"  # D
+META_MAX_SEQ_LENGTH = "max_seq_length"  # MAX_ITEM_LIST_LENGTH of training: the runtime keeps this many recent items
+META_MAX_GRAPH_SEQ_LENGTH = "max_graph_seq_length"  # longest seq_len the graph accepts ("" = unbounded)
+META_ROUTING_ITERATIONS = "routing_iterations"  # "n/a" for models without routing
+META_ATTENTION_POW = "attention_pow"  # training-only setting, recorded for provenance
+META_DATASET = "dataset"
+META_N_ITEMS = "n_items"  # rows of item_embeddings.npy, padding included
+META_USES_USER_ID = "uses_user_id"  # "true" when user_tower.onnx has the user_id input
+META_ITEM_ID_FIELD = "item_id_field"
+META_EXPORTER = "exporter"  # dynamo or torchscript
+META_OPSET = "opset"  # the default-domain ONNX opset of the graph
+META_EXPORT_TIME = "export_time"  # ISO 8601, UTC
+META_CHECKPOINT = "checkpoint"
+META_VERSIONS = ("mind_recbole_version", "torch_version", "recbole_version", "onnx_version", "onnxscript_version")
+
+REQUIRED_METADATA = (META_INTEREST_NUM, META_EMBEDDING_SIZE, META_MAX_SEQ_LENGTH)
+NOT_APPLICABLE = "n/a"

@@ -1,0 +1,557 @@
+"""Export a trained MIND / YouTubeDNN user tower to ONNX, with the item side, and check parity.
+
+``export_user_tower(checkpoint, out_dir)`` (CLI: ``mind-recbole export --checkpoint FILE --out
+DIR``) loads a RecBole checkpoint, writes the directory described in :mod:`export.artifacts` and
+checks ONNX Runtime against PyTorch on shapes other than the export example
+(:func:`check_parity`, in the spirit of Hugging Face optimum's ``validate_model_outputs``),
+raising :class:`ParityError` when an output differs by more than ``atol``.
+
+Exporter choice
+---------------
+torch 2.13's ``torch.onnx.export`` defaults to the dynamo exporter (``torch.export`` + onnxscript).
+We use it, with ``dynamic_shapes`` (named ``Dim("batch")`` and ``Dim("seq_len")``, the latter bounded
+by the routing buffer) and save one self-contained file (weights inside, no ``.onnx.data`` side
+file; a model over protobuf's 2 GB limit falls back to external data, with a warning). Two
+deliberate departures from the defaults:
+
+- ``optimize=False``, then only onnxscript's constant folding. The default onnxscript optimizer
+  (onnxscript 0.7) has a no-op rewrite ``x + 0 -> x`` whose constant match uses
+  ``math.isclose(..., abs_tol=1e-8)``; it deletes the ``+ 1e-9`` inside the capsule squash
+  (``z / sqrt(|z|^2 + eps)``), so inactive interests (zero capsules) become ``0 / 0 = NaN`` in ONNX
+  Runtime. Constant folding alone keeps the epsilon; ONNX Runtime optimises the graph at load.
+- ``exporter="auto"`` (default) falls back to the legacy TorchScript exporter (``dynamo=False``,
+  ``dynamic_axes``) with a warning if the dynamo export raises; ``exporter="dynamo"`` or
+  ``"torchscript"`` forces one. The exporter used is recorded in the metadata.
+
+Either way the graph has no random op: in eval mode the routing logits come from the buffer
+``routing.eval_routing_logits`` ``[K, max_len]`` (checked: :func:`find_random_ops`). The graph
+accepts histories up to that buffer's length (``max_graph_seq_length`` in the metadata); the runtime
+keeps the ``max_seq_length`` most recent items, as training did.
+"""
+
+import datetime
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from export import artifacts as A
+
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+EXPORTERS = ("auto", "dynamo", "torchscript")
+PROTOBUF_LIMIT = 2**31 - 2**20  # a little under 2 GiB
+
+
+class ParityError(ValueError):
+    """ONNX Runtime and PyTorch disagree on an output by more than ``atol`` (the mask: at all).
+
+    Attributes: ``output_name``, ``max_abs_diff``, ``atol``, ``case`` (the worst input case) and
+    ``report`` (the :class:`ParityReport`, when raised by :func:`check_parity`).
+    """
+
+    def __init__(self, output_name, max_abs_diff, atol, case=None, report=None):
+        self.output_name = output_name
+        self.max_abs_diff = float(max_abs_diff)
+        self.atol = float(atol)
+        self.case = case
+        self.report = report
+        where = f" (worst case: {case})" if case else ""
+        super().__init__(
+            f"ONNX Runtime and PyTorch differ on output {output_name!r}: max abs difference "
+            f"{self.max_abs_diff:.3g} > atol {self.atol:g}{where}"
+        )
+
+
+class ExportError(RuntimeError):
+    """The exported graph is not what the runtime expects (inputs, outputs, random ops)."""
+
+
+# ---------------------------------------------------------------------------------------------- wrapper
+class UserTowerModule(nn.Module):
+    """``(item_seq, item_seq_len) -> (interests, interest_mask)`` of a model in eval mode."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.model.eval()
+
+    def forward(self, item_seq, item_seq_len):
+        return self.model.forward(item_seq, item_seq_len, None)
+
+
+class UserTowerWithProfileModule(UserTowerModule):
+    """``(item_seq, item_seq_len, user_id) -> (interests, interest_mask)`` (user profile fields)."""
+
+    def forward(self, item_seq, item_seq_len, user_id):
+        return self.model.forward(item_seq, item_seq_len, user_id)
+
+
+def uses_user_id(model):
+    """True when the model concatenates user profile embeddings (``user_profile.output_size > 0``)."""
+    profile = getattr(model, "user_profile", None)
+    return bool(getattr(profile, "output_size", 0))
+
+
+def wrap_user_tower(model):
+    return UserTowerWithProfileModule(model) if uses_user_id(model) else UserTowerModule(model)
+
+
+def max_graph_seq_length(model):
+    """The longest ``seq_len`` the tower can take: the eval routing buffer's length (None: unbounded)."""
+    routing = getattr(model, "routing", None)
+    buffer = getattr(routing, "eval_routing_logits", None)
+    return int(buffer.shape[-1]) if buffer is not None else None
+
+
+def input_names(model):
+    names = [A.INPUT_ITEM_SEQ, A.INPUT_ITEM_SEQ_LEN]
+    return names + [A.INPUT_USER_ID] if uses_user_id(model) else names
+
+
+def _n_users(model, n_users=None):
+    if n_users is not None:
+        return int(n_users)
+    buffers = [b for name, b in model.user_profile.named_buffers() if "table_" in name]
+    return int(buffers[0].shape[0]) if buffers else 1
+
+
+def example_inputs(model, n_users=None, seed=0):
+    """The export example: batch 2, ``seq_len`` = max_seq_length, one full and one padded row."""
+    generator = torch.Generator().manual_seed(seed)
+    seq_len = max(2, model.max_seq_length)
+    graph_max = max_graph_seq_length(model)
+    if graph_max is not None:
+        seq_len = min(seq_len, graph_max)
+    item_seq = torch.randint(1, max(2, model.n_items), (2, seq_len), generator=generator)
+    item_seq_len = torch.tensor([seq_len, max(1, seq_len // 2)])
+    item_seq[1, item_seq_len[1] :] = 0
+    inputs = (item_seq, item_seq_len)
+    if uses_user_id(model):
+        inputs += (torch.randint(0, max(1, _n_users(model, n_users)), (2,), generator=generator),)
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _export_dynamo(wrapper, example, names, opset, graph_max):
+    from onnxscript import optimizer
+
+    batch = torch.export.Dim("batch")
+    seq_len = torch.export.Dim("seq_len", max=graph_max) if graph_max else torch.export.Dim("seq_len")
+    dynamic_shapes = {A.INPUT_ITEM_SEQ: {0: batch, 1: seq_len}, A.INPUT_ITEM_SEQ_LEN: {0: batch}}
+    if A.INPUT_USER_ID in names:
+        dynamic_shapes[A.INPUT_USER_ID] = {0: batch}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper,
+            example,
+            dynamo=True,
+            optimize=False,  # see the module docstring: the default optimizer drops the squash epsilon
+            dynamic_shapes=dynamic_shapes,
+            input_names=names,
+            output_names=[A.OUTPUT_INTERESTS, A.OUTPUT_MASK],
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    optimizer.fold_constants(program.model)
+    optimizer.remove_unused_nodes(program.model)
+    return program.model_proto
+
+
+def _export_torchscript(wrapper, example, names, opset):
+    dynamic_axes = {A.INPUT_ITEM_SEQ: {0: "batch", 1: "seq_len"}, A.OUTPUT_INTERESTS: {0: "batch"}, A.OUTPUT_MASK: {0: "batch"}}
+    for name in names[1:]:
+        dynamic_axes[name] = {0: "batch"}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            example,
+            buffer,
+            dynamo=False,
+            input_names=names,
+            output_names=[A.OUTPUT_INTERESTS, A.OUTPUT_MASK],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset or 17,
+            do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def export_graph(model, opset=None, exporter="auto", n_users=None):
+    """Trace ``model``'s user tower to an ``onnx.ModelProto``; returns ``(proto, exporter_used)``."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    wrapper = wrap_user_tower(model).eval()
+    names = input_names(model)
+    example = example_inputs(model, n_users)
+    graph_max = max_graph_seq_length(model)
+    with torch.no_grad():
+        if exporter in ("auto", "dynamo"):
+            try:
+                proto = _export_dynamo(wrapper, example, names, opset, graph_max)
+                return proto, "dynamo"
+            except Exception as error:  # noqa: BLE001 - any dynamo failure -> documented fallback
+                if exporter == "dynamo":
+                    raise
+                warnings.warn(
+                    f"dynamo ONNX export failed ({type(error).__name__}: {error}); "
+                    "falling back to the TorchScript exporter (dynamo=False)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return _export_torchscript(wrapper, example, names, opset), "torchscript"
+
+
+def find_random_ops(proto):
+    """Names of random-number ops (``RandomNormal*``, ``RandomUniform*``, ...) in the graph or its functions."""
+    nodes = list(proto.graph.node) + [node for function in proto.functions for node in function.node]
+    return sorted({node.op_type for node in nodes if node.op_type in RANDOM_OPS})
+
+
+def _dims(value_info):
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def check_graph_io(proto, names, interest_num, embedding_size):
+    """Raise :class:`ExportError` unless inputs and outputs are named, typed and shaped as documented."""
+    int64, float32, boolean = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL
+    expected_inputs = {A.INPUT_ITEM_SEQ: (int64, ["batch", "seq_len"]), A.INPUT_ITEM_SEQ_LEN: (int64, ["batch"])}
+    if A.INPUT_USER_ID in names:
+        expected_inputs[A.INPUT_USER_ID] = (int64, ["batch"])
+    expected_outputs = {
+        A.OUTPUT_INTERESTS: (float32, ["batch", interest_num, embedding_size]),
+        A.OUTPUT_MASK: (boolean, ["batch", interest_num]),
+    }
+    graph_inputs = {i.name: i for i in proto.graph.input}
+    graph_outputs = {o.name: o for o in proto.graph.output}
+    for kind, expected, actual in (("input", expected_inputs, graph_inputs), ("output", expected_outputs, graph_outputs)):
+        if set(expected) != set(actual):
+            raise ExportError(f"graph {kind}s are {sorted(actual)}, expected {sorted(expected)}")
+        for name, (dtype, dims) in expected.items():
+            got = (actual[name].type.tensor_type.elem_type, _dims(actual[name]))
+            if got != (dtype, dims):
+                raise ExportError(
+                    f"graph {kind} {name!r} is {onnx.TensorProto.DataType.Name(got[0])} {got[1]}, "
+                    f"expected {onnx.TensorProto.DataType.Name(dtype)} {dims}"
+                )
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+def _version(module_name):
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        return "not installed"
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def build_metadata(model, dataset_name, exporter, checkpoint=None):
+    """The ``metadata_props`` of ``user_tower.onnx`` (every value a string)."""
+    import mind_recbole
+
+    routing_iterations = getattr(model, "routing_iterations", None)
+    attention_pow = getattr(model, "attention_pow", None)
+    graph_max = max_graph_seq_length(model)
+    return {
+        A.META_MODEL: type(model).__name__,
+        A.META_INTEREST_NUM: str(int(model.interest_num)),
+        A.META_EMBEDDING_SIZE: str(int(model.embedding_size)),
+        A.META_MAX_SEQ_LENGTH: str(int(model.max_seq_length)),
+        A.META_MAX_GRAPH_SEQ_LENGTH: "" if graph_max is None else str(graph_max),
+        A.META_ROUTING_ITERATIONS: A.NOT_APPLICABLE if routing_iterations is None else str(int(routing_iterations)),
+        A.META_ATTENTION_POW: A.NOT_APPLICABLE if attention_pow is None else str(float(attention_pow)),
+        A.META_DATASET: str(dataset_name),
+        A.META_N_ITEMS: str(int(model.n_items)),
+        A.META_USES_USER_ID: "true" if uses_user_id(model) else "false",
+        A.META_ITEM_ID_FIELD: str(model.ITEM_ID),
+        A.META_EXPORTER: exporter,
+        A.META_EXPORT_TIME: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        A.META_CHECKPOINT: "" if checkpoint is None else Path(checkpoint).name,
+        "mind_recbole_version": mind_recbole.__version__,
+        "torch_version": torch.__version__,
+        "recbole_version": _version("recbole"),
+        "onnx_version": onnx.__version__,
+        "onnxscript_version": _version("onnxscript"),
+    }
+
+
+def set_metadata(proto, metadata):
+    """Merge ``metadata`` into the model's ``metadata_props`` (ours win)."""
+    merged = {prop.key: prop.value for prop in proto.metadata_props}
+    merged.update(metadata)
+    onnx.helper.set_model_props(proto, merged)
+    proto.doc_string = f"{metadata.get(A.META_MODEL, 'user')} user tower exported by mind-recbole"
+
+
+# ---------------------------------------------------------------------------------------------- parity
+@dataclass
+class ParityCase:
+    name: str
+    batch: int
+    seq_len: int
+    max_abs_diff: dict  # output name -> max abs difference (mask: 1.0 where any entry differs)
+
+
+@dataclass
+class ParityReport:
+    """ONNX Runtime vs PyTorch over several input cases; ``max_abs_diff`` per output."""
+
+    atol: float
+    cases: list = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self):
+        outputs = (A.OUTPUT_INTERESTS, A.OUTPUT_MASK)
+        return {o: max((c.max_abs_diff[o] for c in self.cases), default=0.0) for o in outputs}
+
+    def worst_case(self, output):
+        return max(self.cases, key=lambda c: c.max_abs_diff[output])
+
+    @property
+    def passed(self):
+        diffs = self.max_abs_diff
+        return diffs[A.OUTPUT_INTERESTS] <= self.atol and diffs[A.OUTPUT_MASK] == 0.0
+
+    def to_dict(self):
+        return {
+            "atol": self.atol,
+            "passed": self.passed,
+            "max_abs_diff": self.max_abs_diff,
+            "cases": [{"name": c.name, "batch": c.batch, "seq_len": c.seq_len, **c.max_abs_diff} for c in self.cases],
+        }
+
+    def __str__(self):
+        diffs = self.max_abs_diff
+        shapes = sorted({(c.batch, c.seq_len) for c in self.cases})
+        return (
+            f"parity ONNX Runtime vs PyTorch over {len(self.cases)} cases "
+            f"(batch x seq_len: {', '.join(f'{b}x{s}' for b, s in shapes)}): "
+            f"{A.OUTPUT_INTERESTS} max abs diff {diffs[A.OUTPUT_INTERESTS]:.3g} (atol {self.atol:g}), "
+            f"{A.OUTPUT_MASK} {'identical' if diffs[A.OUTPUT_MASK] == 0 else 'DIFFERS'}"
+            f" -> {'ok' if self.passed else 'FAILED'}"
+        )
+
+
+def _max_abs_diff(actual, expected):
+    """NaN-aware: a NaN on one side only (or a shape mismatch) is an infinite difference."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        return float("inf")
+    if actual.dtype == np.bool_ or expected.dtype == np.bool_:
+        return float(np.any(actual != expected))
+    actual, expected = actual.astype(np.float64), expected.astype(np.float64)
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    if np.any(nan_a != nan_e):
+        return float("inf")
+    diff = np.abs(np.where(nan_a, 0.0, actual) - np.where(nan_e, 0.0, expected))
+    return float(diff.max()) if diff.size else 0.0
+
+
+def parity_cases(n_items, max_seq_length, batch_sizes=(1, 3, 17), lengths=None, n_users=None, seed=0):
+    """Input cases: every batch size x length (full rows), mixed-length padded rows, 1-item histories.
+
+    Returns a list of ``(name, item_seq, item_seq_len, user_id or None)`` int64 arrays.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = sorted({int(min(max(1, l), max_seq_length)) for l in (lengths or (1, 2, 7, max_seq_length))})
+    high = max(2, n_items)
+
+    def users(batch):
+        if n_users is None:
+            return None
+        ids = rng.integers(0, max(1, n_users), batch)
+        ids[0] = 0 if batch > 1 else ids[0]  # an unknown user (padding id) in multi-row cases
+        return ids.astype(np.int64)
+
+    cases = []
+    for batch in batch_sizes:
+        for length in lengths:
+            seq = rng.integers(1, high, (batch, length)).astype(np.int64)
+            cases.append((f"full b={batch} L={length}", seq, np.full(batch, length, np.int64), users(batch)))
+    batch = max(max(batch_sizes), 2)
+    seq_lens = rng.integers(1, max_seq_length + 1, batch).astype(np.int64)
+    seq_lens[0], seq_lens[1] = 1, max_seq_length
+    seq = rng.integers(1, high, (batch, max_seq_length)).astype(np.int64)
+    seq[np.arange(max_seq_length)[None, :] >= seq_lens[:, None]] = 0
+    cases.append((f"padded mixed lengths b={batch}", seq, seq_lens, users(batch)))
+    seq = np.zeros((3, max_seq_length), np.int64)
+    seq[:, 0] = rng.integers(1, high, 3)
+    cases.append(("1-item histories padded", seq, np.ones(3, np.int64), users(3)))
+    return cases
+
+
+def check_parity(
+    onnx_path,
+    model,
+    atol=1e-5,
+    batch_sizes=(1, 3, 17),
+    lengths=None,
+    n_users=None,
+    seed=0,
+    raise_on_failure=True,
+):
+    """Run ONNX Runtime (CPU) and PyTorch on the same inputs; report the max abs difference per output.
+
+    Cases: batch sizes ``batch_sizes`` x history lengths ``lengths`` (default 1, 2, 7 and
+    ``model.max_seq_length``), a batch of padded rows of mixed lengths, and padded 1-item
+    histories; none is the export example (batch 2). ``interests`` must agree within ``atol`` and
+    ``interest_mask`` exactly, else :class:`ParityError` (unless ``raise_on_failure`` is False).
+
+    Returns a :class:`ParityReport`.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    feed_names = [i.name for i in session.get_inputs()]
+    profile = A.INPUT_USER_ID in feed_names
+    cases = parity_cases(
+        model.n_items, model.max_seq_length, batch_sizes, lengths, _n_users(model, n_users) if profile else None, seed
+    )
+    model.eval()
+    report = ParityReport(atol=float(atol))
+    for name, seq, seq_len, users in cases:
+        feed = {A.INPUT_ITEM_SEQ: seq, A.INPUT_ITEM_SEQ_LEN: seq_len}
+        if profile:
+            feed[A.INPUT_USER_ID] = users
+        onnx_interests, onnx_mask = session.run([A.OUTPUT_INTERESTS, A.OUTPUT_MASK], feed)
+        with torch.no_grad():
+            torch_interests, torch_mask = model.forward(
+                torch.from_numpy(seq), torch.from_numpy(seq_len), torch.from_numpy(users) if profile else None
+            )
+        report.cases.append(
+            ParityCase(
+                name,
+                seq.shape[0],
+                seq.shape[1],
+                {
+                    A.OUTPUT_INTERESTS: _max_abs_diff(onnx_interests, torch_interests.cpu().numpy()),
+                    A.OUTPUT_MASK: _max_abs_diff(onnx_mask, torch_mask.cpu().numpy()),
+                },
+            )
+        )
+    if raise_on_failure and not report.passed:
+        raise parity_error(report)
+    return report
+
+
+def parity_error(report):
+    """The :class:`ParityError` for a failed report (``interests`` first, then the mask)."""
+    diffs = report.max_abs_diff
+    output = A.OUTPUT_INTERESTS if not diffs[A.OUTPUT_INTERESTS] <= report.atol else A.OUTPUT_MASK
+    tolerance = report.atol if output == A.OUTPUT_INTERESTS else 0.0
+    return ParityError(output, diffs[output], tolerance, report.worst_case(output).name, report)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+@dataclass
+class ExportResult:
+    out_dir: Path
+    onnx_path: Path
+    metadata: dict
+    parity: ParityReport = None
+    files: list = field(default_factory=list)
+
+    def summary(self):
+        m = self.metadata
+        lines = [
+            f"exported {m[A.META_MODEL]} user tower ({m[A.META_EXPORTER]} exporter, opset {m.get(A.META_OPSET, '?')}) "
+            f"to {self.out_dir}",
+            f"  K={m[A.META_INTEREST_NUM]} D={m[A.META_EMBEDDING_SIZE]} max_seq_length={m[A.META_MAX_SEQ_LENGTH]} "
+            f"items={m[A.META_N_ITEMS]} dataset={m[A.META_DATASET]} user_id input={m[A.META_USES_USER_ID]}",
+            "  files: " + ", ".join(Path(f).name for f in self.files),
+        ]
+        if self.parity is not None:
+            lines.append("  " + str(self.parity))
+        return "\n".join(lines)
+
+
+def item_tokens(dataset):
+    """Internal item id -> dataset token (index 0 is ``[PAD]``)."""
+    return [str(token) for token in dataset.field2id_token[dataset.iid_field]]
+
+
+def save_onnx(proto, path):
+    """One self-contained file; external data (``<name>.data``) only past protobuf's 2 GB limit."""
+    path = Path(path)
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        warnings.warn(f"{path.name} is over 2 GB: weights go to {path.name}.data beside it", stacklevel=2)
+        onnx.save_model(proto, str(path), save_as_external_data=True, location=f"{path.name}.data")
+        onnx.checker.check_model(str(path))
+    else:
+        onnx.checker.check_model(proto)
+        onnx.save_model(proto, str(path))
+
+
+def export_model(model, dataset, out_dir, opset=None, atol=1e-5, exporter="auto", checkpoint=None, check=True):
+    """Export an in-memory model (see :func:`export_user_tower`); the model is moved to CPU, eval mode."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").eval()
+    n_users = dataset.user_num if uses_user_id(model) else None
+
+    proto, exporter_used = export_graph(model, opset=opset, exporter=exporter, n_users=n_users)
+    names = input_names(model)
+    check_graph_io(proto, names, int(model.interest_num), int(model.embedding_size))
+    random_ops = find_random_ops(proto)
+    if random_ops:
+        raise ExportError(f"the exported graph has random ops {random_ops}; export a model in eval mode")
+    metadata = build_metadata(model, dataset.dataset_name, exporter_used, checkpoint)
+    metadata[A.META_OPSET] = str(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), ""))
+    set_metadata(proto, metadata)
+    onnx_path = out_dir / A.ONNX_FILE
+    save_onnx(proto, onnx_path)
+
+    with torch.no_grad():
+        item_vectors = model.all_item_vectors().detach().cpu().numpy().astype(np.float32)
+    np.save(out_dir / A.ITEM_EMBEDDINGS_FILE, item_vectors)
+    tokens = item_tokens(dataset)
+    if len(tokens) != item_vectors.shape[0]:
+        raise ExportError(f"{len(tokens)} item tokens for {item_vectors.shape[0]} item vectors")
+    (out_dir / A.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
+    files = [onnx_path, out_dir / A.ITEM_EMBEDDINGS_FILE, out_dir / A.ITEM_TOKENS_FILE]
+    if n_users is not None:
+        users = [str(token) for token in dataset.field2id_token[dataset.uid_field]]
+        (out_dir / A.USER_TOKENS_FILE).write_text(json.dumps(users))
+        files.append(out_dir / A.USER_TOKENS_FILE)
+
+    result = ExportResult(out_dir, onnx_path, metadata, files=files)
+    if check:
+        result.parity = check_parity(onnx_path, model, atol=atol, n_users=n_users, raise_on_failure=False)
+    report = {"metadata": metadata, "parity": result.parity.to_dict() if result.parity else None}
+    (out_dir / A.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    result.files.append(out_dir / A.REPORT_FILE)
+    if result.parity is not None and not result.parity.passed:
+        raise parity_error(result.parity)
+    return result
+
+
+def export_user_tower(checkpoint, out_dir, opset=None, atol=1e-5, exporter="auto", check=True):
+    """Load a RecBole checkpoint of MIND / YouTubeDNN and export its serving artefacts to ``out_dir``.
+
+    Writes ``user_tower.onnx`` (metadata inside), ``item_embeddings.npy``, ``item_tokens.json``
+    (``user_tokens.json`` for user-profile models) and ``export_report.json``; then runs
+    :func:`check_parity` (``atol``) and raises :class:`ParityError` if it fails. ``opset`` None
+    is torch's default. Returns an :class:`ExportResult` (``.summary()`` prints well).
+    """
+    from mind_recbole import load_data_and_model
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    _config, model, dataset, *_ = load_data_and_model(str(checkpoint))
+    return export_model(
+        model, dataset, out_dir, opset=opset, atol=atol, exporter=exporter, checkpoint=checkpoint, check=check
+    )
