@@ -163,3 +163,28 @@ def test_max_over_interests_masks_inactive_and_chunks_exactly():
     assert torch.allclose(full[0], items @ interests[0, 0])
     assert torch.allclose(full[1], torch.maximum(items @ interests[1, 0], items @ interests[1, 1]))
     assert torch.equal(max_over_interests(interests, mask, items, chunk_size=7), full)
+
+
+def test_fixed_init_trains_from_the_eval_draw():
+    torch.manual_seed(0)
+    routing = B2IDynamicRouting(8, 4, 10, fixed_init=True)
+    behaviours, seq_mask = torch.randn(3, 10, 8), torch.ones(3, 10, dtype=torch.bool)
+    interest_mask = torch.ones(3, 4, dtype=torch.bool)
+    training = routing(behaviours, seq_mask, interest_mask)
+    assert torch.equal(training, routing.eval()(behaviours, seq_mask, interest_mask))
+
+
+def routing_input_gradient(iterations, detach_logits):
+    torch.manual_seed(0)
+    routing = B2IDynamicRouting(4, 2, 5, iterations=iterations, detach_logits=detach_logits).eval()
+    behaviours = torch.randn(1, 5, 4, requires_grad=True)
+    capsules = routing(behaviours, torch.ones(1, 5, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool))
+    (gradient,) = torch.autograd.grad((capsules * torch.arange(8.0).view(1, 2, 4)).sum(), behaviours)
+    return gradient
+
+
+def test_gradient_through_routing_logit_updates_is_configurable():
+    # one iteration has no logit update: both settings give the same gradient
+    assert torch.allclose(routing_input_gradient(1, True), routing_input_gradient(1, False))
+    # with updates, back-propagating through them adds a term
+    assert not torch.allclose(routing_input_gradient(3, True), routing_input_gradient(3, False))

@@ -153,9 +153,10 @@ class B2IDynamicRouting(nn.Module):
 
     Training draws fresh logits for every sequence, as the paper does. In eval mode the logits come
     from a buffer drawn once from the same distribution (saved with the model), so inference is
-    deterministic and exportable. As in ComiRec's implementation, the logit updates do not
-    back-propagate (``S e_j`` is detached there); the last iteration's capsules do, so gradients
-    reach ``S`` and the embeddings.
+    deterministic and exportable; ``fixed_init=True`` uses that buffer in training too. With
+    ``detach_logits=True`` (as in ComiRec's implementation) the logit updates do not
+    back-propagate (``S e_j`` is detached there) and only the last iteration's capsules carry
+    gradients to ``S`` and the embeddings; ``False`` back-propagates through every iteration.
 
     Args:
         embedding_size (int): D, size of behaviour embeddings and capsules.
@@ -163,30 +164,36 @@ class B2IDynamicRouting(nn.Module):
         max_seq_length (int): longest history, the size of the eval logits buffer.
         iterations (int): routing iterations r (3 in the paper).
         init_std (float): sigma of the routing logits' normal initialisation.
+        fixed_init (bool): train with the fixed eval draw instead of fresh logits per sequence.
+        detach_logits (bool): no gradient through the routing-logit updates.
 
     Shape:
         - behaviours: ``[B, L, D]``; seq_mask: ``[B, L]`` bool; interest_mask: ``[B, K]`` bool.
         - Output: capsules ``[B, K, D]`` (zero for inactive interests).
     """
 
-    def __init__(self, embedding_size, interest_num, max_seq_length, iterations=3, init_std=1.0):
+    def __init__(
+        self, embedding_size, interest_num, max_seq_length, iterations=3, init_std=1.0, fixed_init=False, detach_logits=True
+    ):
         super().__init__()
         self.interest_num = interest_num
         self.iterations = iterations
         self.init_std = init_std
+        self.fixed_init = fixed_init
+        self.detach_logits = detach_logits
         self.bilinear = nn.Parameter(torch.empty(embedding_size, embedding_size))  # S
         nn.init.xavier_normal_(self.bilinear)
         self.register_buffer("eval_routing_logits", torch.randn(interest_num, max_seq_length) * init_std)
 
     def initial_logits(self, batch_size, seq_len, like):
-        if self.training:
+        if self.training and not self.fixed_init:
             return torch.randn(batch_size, self.interest_num, seq_len, device=like.device) * self.init_std
         return self.eval_routing_logits[:, :seq_len].unsqueeze(0).expand(batch_size, -1, -1)
 
     def forward(self, behaviours, seq_mask, interest_mask):
         batch_size, seq_len, _ = behaviours.shape
         mapped = behaviours @ self.bilinear.transpose(0, 1)  # [B L D]: S e_j
-        mapped_detached = mapped.detach()
+        mapped_for_logits = mapped.detach() if self.detach_logits else mapped
         logits = self.initial_logits(batch_size, seq_len, behaviours)  # [B K L]
         inactive = ~interest_mask.unsqueeze(-1)  # [B K 1]
         behaviour_weight = seq_mask.unsqueeze(1).to(behaviours.dtype)  # [B 1 L]
@@ -194,7 +201,7 @@ class B2IDynamicRouting(nn.Module):
             last = iteration == self.iterations - 1
             weights = torch.softmax(logits.masked_fill(inactive, float("-inf")), dim=1)  # [B K L]
             weights = weights * behaviour_weight
-            source = mapped if last else mapped_detached
+            source = mapped if last else mapped_for_logits
             capsules = squash(weights @ source)  # [B K D]
             if not last:
                 logits = logits + capsules @ source.transpose(1, 2)  # [B K L]

@@ -23,6 +23,8 @@ class MIND(InterestRecommender):
         self.interest_num = config["interest_num"]
         self.routing_iterations = config["routing_iterations"]
         self.routing_init_std = config["routing_init_std"]
+        self.fixed_routing_init = config["fixed_routing_init"]
+        self.routing_detach_logits = config["routing_detach_logits"]
         self.attention_pow = float(config["attention_pow"])
         super().__init__(config, dataset)
 
@@ -33,6 +35,8 @@ class MIND(InterestRecommender):
             self.max_seq_length,
             self.routing_iterations,
             self.routing_init_std,
+            self.fixed_routing_init,
+            self.routing_detach_logits,
         )
 
     def _check_config(self):
