@@ -6,11 +6,13 @@ and ``mind_recbole/properties/model/<Model>.yaml`` over them. Both count as *int
 the user's config files, ``config_dict`` and ``--key=value`` command-line arguments still win, as in
 RecBole-GNN's ``Config``.
 
-One RecBole pitfall is mended here: a user-supplied ``eval_args`` used to replace the whole default
-dict, so ``{'mode': 'full'}`` alone silently fell back to a random 8/1/1 split. We merge the user's
-keys over the defaults instead.
+Two RecBole pitfalls are mended here. ``data_path`` is made absolute, so that a checkpoint (which
+stores the config) reloads from any working directory. And a user-supplied ``eval_args`` used to
+replace the whole default dict, so ``{'mode': 'full'}`` alone silently fell back to a random
+8/1/1 split; we merge the user's keys over the defaults instead.
 """
 
+import os
 from pathlib import Path
 
 from recbole.config import Config
@@ -35,6 +37,10 @@ class MindConfig(Config):
         for file in (PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / "model" / f"{model}.yaml"):
             if file.is_file():
                 self._update_internal_config_dict(str(file))
+
+    def _set_default_parameters(self):
+        super()._set_default_parameters()
+        self.final_config_dict["data_path"] = os.path.abspath(self.final_config_dict["data_path"])
 
     def _get_final_config_dict(self):
         final_config_dict = super()._get_final_config_dict()

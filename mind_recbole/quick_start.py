@@ -7,6 +7,7 @@ the compatibility shims (:mod:`mind_recbole.compat`) and the runtime settings
 """
 
 import logging
+import os
 import sys
 import time
 
@@ -103,6 +104,11 @@ def load_data_and_model(model_file):
 
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
+    if not os.path.isdir(config["data_path"]):
+        raise FileNotFoundError(
+            f"{model_file}: its dataset folder {config['data_path']} does not exist here "
+            "(prepare the dataset again, or run from the folder the model was trained in)"
+        )
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)

@@ -158,3 +158,9 @@ def test_malloc_tuning_takes_effect_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert performance.tune_malloc() is True
+
+
+def test_data_path_is_stored_absolute_so_checkpoints_reload_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = build_config("MIND", "beauty", config_dict={"data_path": "datasets/", "use_gpu": False})
+    assert config["data_path"] == str(tmp_path / "datasets" / "beauty")
