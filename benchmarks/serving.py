@@ -276,13 +276,14 @@ def main(argv=None):
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "serving.md")
     args = parser.parse_args(argv)
+    # before loading a checkpoint, which trims sys.argv so that RecBole does not read our options
+    command = " ".join(["python benchmarks/serving.py", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
 
     tower_rows, exact_rows, ann_rows, tower_info = [], [], [], None
     if not args.no_tower:
         tower_info = bench_tower(args, tower_rows)
     bench_scoring(args, exact_rows, ann_rows)
 
-    command = " ".join(["python benchmarks/serving.py", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     parts = [
         f"## Serving benchmark, {now}",

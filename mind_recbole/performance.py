@@ -4,10 +4,12 @@ Two settings, both read from the RecBole config (defaults in ``properties/overal
 applied by :func:`mind_recbole.run_recbole`:
 
 ``torch_threads``
-    Intra-op threads. ``~`` (default) means one per usable core minus one, at least one: RecBole's data
-    loader, sampler and evaluation run in the main Python thread, and on a 2-core machine two torch
-    threads spin against it (GRU4Rec: 16 s per step with 2 threads, 2.1 s with 1, measured on a
-    loaded 2-core VM). Set an integer to override, e.g. ``--torch_threads=8`` on a big machine.
+    Intra-op threads. ``~`` (default) means one per usable core, torch's own default. Measured on
+    an idle 2-core VM (``results/epoch_speed.md``), one thread instead of two made an epoch
+    1.5x slower (SASRec on ml-100k: 113 s -> 172 s; MIND on amazon-beauty: 19.7 s -> 29.0 s).
+    On a machine shared with other work two threads can instead spin against each other
+    (GRU4Rec: 16 s per step with 2 threads, 2.1 s with 1, seen on a loaded 2-core VM): there,
+    set ``--torch_threads=1``.
 ``malloc_tuning``
     glibc returns freed blocks above ``M_MMAP_THRESHOLD`` to the kernel at once and trims the heap
     above ``M_TRIM_THRESHOLD``, so every training step page-faults its activation buffers in
@@ -34,10 +36,10 @@ logger = logging.getLogger(__name__)
 
 
 def default_thread_count(cpu_count=None):
-    """One intra-op thread per core, minus one for RecBole's Python-side data pipeline."""
+    """One intra-op thread per usable core (the cores this process may run on)."""
     if cpu_count is None:
         cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpu_count - 1)
+    return max(1, cpu_count)
 
 
 def set_torch_threads(threads=None):

@@ -137,8 +137,8 @@ def test_partial_eval_args_are_merged_over_the_defaults():
     assert config["eval_args"]["mode"] == {"valid": "uni100", "test": "uni100"}
 
 
-@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (4, 3), (16, 15)])
-def test_default_thread_count_leaves_a_core_for_the_data_pipeline(cores, expected):
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (16, 16)])
+def test_default_thread_count_is_one_per_usable_core(cores, expected):
     assert performance.default_thread_count(cores) == expected
 
 
