@@ -6,9 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import BEAUTY_MINI, PROJECT_ROOT
-
-AMAZON_CONFIG = PROJECT_ROOT / "configs" / "amazon-beauty.yaml"
+from tests.conftest import AMAZON_CONFIG, BEAUTY_MINI
 SMALL_RUN = ["--MAX_ITEM_LIST_LENGTH=20", "--embedding_size=16", "--num_negatives=64", "--state=WARNING"]
 
 

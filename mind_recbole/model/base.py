@@ -4,6 +4,8 @@ A subclass implements :meth:`InterestRecommender.extract_interests` (history -> 
 override :meth:`InterestRecommender.training_user_vector` (MIND: label-aware attention).
 """
 
+import math
+
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
@@ -61,6 +63,7 @@ class InterestRecommender(SequentialRecommender):
             self.dropout_prob,
         )
         self.register_buffer("negative_log_probs", self._negative_log_probs(dataset), persistent=False)
+        self.register_buffer("negative_probs", self.negative_log_probs.exp(), persistent=False)  # for sampling
 
         # initialisation
         self.apply(self._init_weights)
@@ -138,10 +141,8 @@ class InterestRecommender(SequentialRecommender):
         every logit is corrected by ``-log(num_negatives * q(i))``; a negative equal to the row's
         target (an accidental hit) is masked out.
         """
-        negatives = torch.multinomial(
-            self.negative_log_probs.exp(), self.num_negatives, replacement=True
-        )  # [S]
-        log_expected = self.negative_log_probs + torch.log(torch.tensor(float(self.num_negatives)))
+        negatives = torch.multinomial(self.negative_probs, self.num_negatives, replacement=True)  # [S]
+        log_expected = self.negative_log_probs + math.log(self.num_negatives)
         positive_logits = (user_vectors * target_vectors).sum(-1) - log_expected[targets]  # [B]
         negative_logits = user_vectors @ self.item_tower(negatives).transpose(0, 1)  # [B S]
         negative_logits = negative_logits - log_expected[negatives]
