@@ -20,14 +20,21 @@ Accepted inputs, plain or gzip-compressed (recognised by its magic bytes, whatev
   ``categories`` (a list of category paths, root first) or the 2018 ``category`` (one path).
 
 :func:`convert_amazon` streams the files line by line, so memory grows with the number of
-interactions kept in compact numpy columns, not with the file size. Bad lines are counted and
-reported, not fatal. It writes ``{dataset}.inter`` and, given metadata, ``{dataset}.item`` into
-``{data_path}/{dataset}/``, each file atomically, and returns a :class:`ConversionReport`.
+interactions kept in compact numpy columns (and the number of distinct users and items), not with
+the file size. Bad lines are skipped and reported, never fatal and never silent: the report counts
+them, lists the first ones, and ``{dataset}.bad_lines.txt`` lists them all with file and line
+number. Invalid UTF-8 bytes are decoded as U+FFFD and the line kept (and listed), unless they fall
+inside an id. It writes ``{dataset}.inter`` and, given metadata, ``{dataset}.item`` into
+``{data_path}/{dataset}/``, each file atomically, and returns a :class:`ConversionReport`. Input
+problems raise :class:`ConversionError`, operating-system failures (disk full, permission denied)
+:class:`ConversionIOError`; both are ``ValueError``\\ s whose message names the file.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
+import glob
 import gzip
 import html
 import json
@@ -35,10 +42,11 @@ import math
 import os
 import re
 import sys
+import tempfile
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -47,7 +55,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-__all__ = ["ConversionReport", "convert_amazon"]
+__all__ = ["ConversionError", "ConversionIOError", "ConversionReport", "convert_amazon"]
 
 REVIEW_FORMATS = ("auto", "json", "csv-2014", "csv-2018")
 
@@ -57,24 +65,74 @@ _CSV_FIELD_COUNT = 4
 _ASIN = re.compile(r"[0-9A-Z]{10}")
 _DETECTION_ROWS = 1000
 _BAD_LINES_KEPT = 20
+_ERROR_EXAMPLES = 3
 _GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_MAX_LINE_BYTES = 16 << 20
+_SKIP_CHUNK_BYTES = 1 << 20
+_LOG_SPOOL_BYTES = 1 << 20
 _INT64_LIMIT = 2**63
 _WRITE_CHUNK_ROWS = 1 << 16
 _WHITESPACE = re.compile(r"\s+")
-_LINE_BREAK_OR_TAB = re.compile(r"[\t\r\n]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Not allowed in an id: controls (tabs and line breaks split atomic-file lines), a double quote
+# (pandas, which RecBole reads atomic files with, takes it for CSV quoting), lone surrogates (not
+# writable as UTF-8) and U+FFFD (where undecodable bytes stood: distinct ids could merge).
+_BAD_ID_CHARACTER = re.compile('[\x00-\x1f\x7f-\x9f"\u2028\u2029\ud800-\udfff\ufffd]')
 
 INTER_HEADER_FIELDS = ("user_id:token", "item_id:token", "rating:float", "timestamp:float")
 ITEM_HEADER_FIELDS = ("item_id:token", "brand:token", "categories:token_seq", "category:token")
+BAD_LINES_SUFFIX = "bad_lines.txt"
+
+
+class ConversionError(ValueError):
+    """The input cannot be converted; the message names the file (and the lines at fault).
+
+    Nothing is written when it is raised. It is a ``ValueError``, which the ``mind-recbole``
+    command reports as ``mind-recbole prepare: error: ...``.
+    """
+
+
+class ConversionIOError(OSError, ConversionError):
+    """Reading an input or writing an output failed in the operating system (disk full, ...).
+
+    Both an ``OSError`` (``errno`` and ``filename`` of the failure) and a :class:`ConversionError`;
+    ``str()`` is one line naming the file, the failure and what became of the previous outputs.
+    """
+
+    def __init__(self, path: str | os.PathLike, action: str, cause: OSError, note: str = ""):
+        super().__init__(cause.errno, cause.strerror or str(cause), str(path))
+        self.message = f"{path}: {action}: {_os_reason(cause)}" + (f"; {note}" if note else "")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _os_reason(error: OSError) -> str:
+    """``No space left on device (ENOSPC)``, or the error's text when it has no errno."""
+    if error.errno is None:
+        return str(error)
+    name = errno.errorcode.get(error.errno, str(error.errno))
+    return f"{error.strerror or os.strerror(error.errno)} ({name})"
 
 
 @dataclass
 class ConversionReport:
     """What :func:`convert_amazon` read, dropped and wrote.
 
-    ``bad_lines`` lists the first bad lines of each input file as ``(file, line_number, reason)``;
-    ``bad_line_count`` and ``meta_bad_line_count`` count them all. Of the meta lines,
-    ``meta_items_matched`` described a kept item, ``meta_absent_from_reviews`` named an ASIN that
-    never occurs in the reviews; ``items_without_meta`` kept items had no meta line.
+    Every line is accounted for. Reviews: ``lines_read = blank_lines + bad_line_count +
+    duplicates_removed + removed_by_rating + removed_by_k_core + interactions``. Meta:
+    ``meta_lines_read = meta_blank_lines + meta_bad_line_count + meta_items_matched +
+    meta_duplicates + meta_filtered_out + meta_absent_from_reviews``, where a matched line is the
+    first one of a kept item, a duplicate a later one, a filtered-out line names an item of the
+    reviews that the rating or k-core filter removed, an absent one an ASIN the reviews never name;
+    ``items_without_meta`` kept items had no meta line.
+
+    ``bad_lines`` lists the first bad lines of each input file as ``(file, line_number, reason)``,
+    ``repaired_lines`` the first kept lines whose invalid UTF-8 bytes were replaced by U+FFFD
+    (counted in ``repaired_line_count`` and ``meta_repaired_line_count``); ``bad_lines_path``, when
+    there are any, lists all of both.
     """
 
     dataset: str
@@ -85,9 +143,12 @@ class ConversionReport:
     min_rating: float | None = None
     inter_path: Path | None = None
     item_path: Path | None = None
+    bad_lines_path: Path | None = None
     has_rating: bool = False
     lines_read: int = 0
+    blank_lines: int = 0
     bad_line_count: int = 0
+    repaired_line_count: int = 0
     duplicates_removed: int = 0
     removed_by_rating: int = 0
     removed_by_k_core: int = 0
@@ -96,20 +157,28 @@ class ConversionReport:
     users: int = 0
     items: int = 0
     meta_lines_read: int = 0
+    meta_blank_lines: int = 0
     meta_bad_line_count: int = 0
+    meta_repaired_line_count: int = 0
     meta_items_matched: int = 0
+    meta_duplicates: int = 0
+    meta_filtered_out: int = 0
     meta_absent_from_reviews: int = 0
     items_without_meta: int = 0
     bad_lines: list[tuple[str, int, str]] = field(default_factory=list)
+    repaired_lines: list[tuple[str, int, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        """Return the counts and the first bad lines as a short multi-line text."""
+        """Return the counts and the first bad and repaired lines as a short multi-line text."""
         ratings = "with ratings" if self.has_rating else "no ratings"
         lines = [
             f"{self.dataset}: {self.interactions:,} interactions, {self.users:,} users, "
             f"{self.items:,} items ({ratings})",
-            f"reviews {self.reviews_path} ({self.reviews_format}): {self.lines_read:,} lines read, "
-            f"{self.bad_line_count:,} bad, {self.duplicates_removed:,} duplicates removed",
+            f"reviews {self.reviews_path} ({self.reviews_format}): "
+            + _line_counts(
+                self.lines_read, self.blank_lines, self.bad_line_count, self.repaired_line_count
+            )
+            + f", {self.duplicates_removed:,} duplicates removed",
         ]
         if self.min_rating is not None:
             lines.append(f"rating >= {self.min_rating:g}: {self.removed_by_rating:,} removed")
@@ -119,20 +188,44 @@ class ConversionReport:
                 f"in {self.k_core_rounds} round(s)"
             )
         if self.meta_path is not None:
+            counts = _line_counts(
+                self.meta_lines_read,
+                self.meta_blank_lines,
+                self.meta_bad_line_count,
+                self.meta_repaired_line_count,
+            )
             lines.append(
-                f"meta {self.meta_path}: {self.meta_lines_read:,} lines read, "
-                f"{self.meta_bad_line_count:,} bad, {self.meta_items_matched:,} items matched, "
-                f"{self.meta_absent_from_reviews:,} absent from reviews, "
+                f"meta {self.meta_path}: {counts}, {self.meta_items_matched:,} items matched, "
+                f"{self.meta_duplicates:,} repeated, {self.meta_filtered_out:,} of filtered-out "
+                f"items, {self.meta_absent_from_reviews:,} absent from reviews, "
                 f"{self.items_without_meta:,} kept items without meta"
             )
         lines.extend(f"wrote {path}" for path in (self.inter_path, self.item_path) if path)
-        if self.bad_lines:
-            lines.append("bad lines:")
-            lines.extend(f"  {name}:{number}: {reason}" for name, number, reason in self.bad_lines)
-            unlisted = self.bad_line_count + self.meta_bad_line_count - len(self.bad_lines)
-            if unlisted:
-                lines.append(f"  ... and {unlisted:,} more")
+        bad_total = self.bad_line_count + self.meta_bad_line_count
+        repaired_total = self.repaired_line_count + self.meta_repaired_line_count
+        lines += _listing("bad lines (skipped):", self.bad_lines, bad_total)
+        lines += _listing("lines with invalid UTF-8 (kept):", self.repaired_lines, repaired_total)
+        if self.bad_lines_path is not None:
+            lines.append(f"all bad and repaired lines: {self.bad_lines_path}")
         return "\n".join(lines)
+
+
+def _line_counts(read: int, blank: int, bad: int, repaired: int) -> str:
+    text = f"{read:,} lines read, {bad:,} bad"
+    if blank:
+        text += f", {blank:,} blank"
+    if repaired:
+        text += f", {repaired:,} with invalid UTF-8 kept"
+    return text
+
+
+def _listing(title: str, entries: list[tuple[str, int, str]], total: int) -> list[str]:
+    if not entries:
+        return []
+    lines = [title] + [f"  {name}:{number}: {reason}" for name, number, reason in entries]
+    if total > len(entries):
+        lines.append(f"  ... and {total - len(entries):,} more")
+    return lines
 
 
 def convert_amazon(
@@ -162,21 +255,28 @@ def convert_amazon(
     The ``rating`` column is written when any line has a rating (an empty field where a line
     has none). Exact duplicate (user, item, time) rows keep their first occurrence. Interactions are
     written sorted by user token, then time, same-time reviews in file order. When ``meta`` is
-    None, a ``{dataset}.item`` left by an earlier run is removed, since it would no longer match.
+    None, a ``{dataset}.item`` left by an earlier run is removed, since it would no longer match;
+    so is an earlier ``{dataset}.bad_lines.txt`` when this run found no bad or repaired lines.
 
     Returns:
         The :class:`ConversionReport`; ``report.summary()`` is meant for the user.
 
     Raises:
-        ValueError: unknown format, undecidable CSV layout, truncated or corrupt gzip, no valid
-            interactions, or ``min_rating`` on a file without ratings. Nothing is written then.
+        ConversionError: unknown format, undecidable CSV layout, truncated or corrupt gzip, an
+            empty file, no valid interactions, or ``min_rating`` on a file without ratings.
+            Nothing is written then.
+        ConversionIOError: an input cannot be read, or the output folder or a file in it cannot
+            be written (disk full, permission denied); the previous output files are unchanged.
+        FileNotFoundError: ``reviews`` or ``meta`` does not exist (checked before any work).
     """
     reviews = Path(reviews)
     meta = None if meta is None else Path(meta)
-    if dataset in ("", ".", "..") or Path(dataset).name != dataset:
-        raise ValueError(f"invalid dataset name {dataset!r}: use a plain folder name")
-    if k_core < 0:
-        raise ValueError(f"k_core must be >= 0, got {k_core}")
+    _check_arguments(dataset, k_core)
+    for path in (reviews, meta):
+        if path is not None:
+            _check_readable(path)
+    folder = Path(data_path) / dataset
+    _check_writable(folder)
     report = ConversionReport(
         dataset=dataset,
         reviews_path=reviews,
@@ -185,23 +285,62 @@ def convert_amazon(
         k_core=k_core,
         min_rating=min_rating,
     )
-    table = _read_reviews(reviews, report, show_progress)
-    rows = _select_rows(table, report)
-    folder = Path(data_path) / dataset
-    inter_path = folder / f"{dataset}.inter"
-    item_path = folder / f"{dataset}.item"
-    outputs = [(inter_path, _inter_lines(table, rows, report.has_rating))]
-    if meta is not None:
-        kept_items = sorted(table.item_tokens[i] for i in np.unique(table.items[rows]).tolist())
-        features = _read_meta(meta, kept_items, set(table.item_tokens), report, show_progress)
-        outputs.append((item_path, _item_lines(kept_items, features)))
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_atomically(outputs)
-    if meta is None:
-        item_path.unlink(missing_ok=True)
-    report.inter_path = inter_path
-    report.item_path = item_path if meta is not None else None
+    suffixes = ("inter", "item", BAD_LINES_SUFFIX)
+    paths = {suffix: folder / f"{dataset}.{suffix}" for suffix in suffixes}
+    with closing(_LineLog()) as log:
+        table = _read_reviews(reviews, report, log, show_progress)
+        rows = _select_rows(table, report)
+        outputs = {paths["inter"]: _inter_lines(table, rows, report.has_rating)}
+        if meta is not None:
+            kept_items = sorted(table.item_tokens[i] for i in np.unique(table.items[rows]).tolist())
+            features = _read_meta(
+                meta, kept_items, set(table.item_tokens), report, log, show_progress
+            )
+            outputs[paths["item"]] = _item_lines(kept_items, features)
+        if log.entries:
+            outputs[paths[BAD_LINES_SUFFIX]] = log.lines()
+        stale = [path for path in paths.values() if path not in outputs]
+        _write_outputs(folder, outputs, stale)
+    report.inter_path = paths["inter"]
+    report.item_path = paths["item"] if meta is not None else None
+    report.bad_lines_path = paths[BAD_LINES_SUFFIX] if log.entries else None
     return report
+
+
+def _check_arguments(dataset: str, k_core: int) -> None:
+    if dataset in ("", ".", "..") or Path(dataset).name != dataset:
+        raise ConversionError(f"invalid dataset name {dataset!r}: use a plain folder name")
+    if k_core < 0:
+        raise ConversionError(f"k_core must be >= 0, got {k_core}")
+
+
+def _check_readable(path: Path) -> None:
+    """Fail before any work when ``path`` cannot be opened (``FileNotFoundError`` if missing)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ConversionIOError(path, "cannot read", error) from error
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before reading any input when ``folder`` clearly cannot be created or written to.
+
+    Looks at ``folder`` or, when it does not exist yet, the nearest existing folder above it. (A
+    process that may write anywhere, such as root's, passes; the write itself then reports.)
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        cause = NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        raise ConversionIOError(existing, f"cannot create the output folder {folder}", cause)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        cause = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        action = "cannot write" if existing == folder else f"cannot create {folder} in it"
+        raise ConversionIOError(existing, action, cause)
 
 
 # --- reading lines ---------------------------------------------------------------------------
@@ -211,35 +350,82 @@ class _BadLine(Exception):
     """A line that cannot be used; the message is the reason shown to the user."""
 
 
-class _BadLineLog:
-    """Count one file's bad lines and keep the first few for the report."""
+class _LineLog:
+    """All bad and repaired lines of every input file, for ``{dataset}.bad_lines.txt``.
 
-    def __init__(self, path: Path):
+    Entries are spooled (in memory up to 1 MiB, then in a temporary file), so memory stays
+    bounded whatever the number of bad lines.
+    """
+
+    def __init__(self):
+        self.spool = tempfile.SpooledTemporaryFile(
+            max_size=_LOG_SPOOL_BYTES, mode="w+", encoding="utf-8", errors="backslashreplace"
+        )
+        self.entries = 0
+
+    def add(self, path: str, line_number: int, reason: str) -> None:
+        self.spool.write(f"{path}:{line_number}: {reason}\n")
+        self.entries += 1
+
+    def lines(self) -> Iterator[str]:
+        """Every entry as a ``file:line: reason`` text line, in the order found."""
+        self.spool.seek(0)
+        yield from self.spool
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+class _FileLog:
+    """Count one input file's bad and repaired lines and keep the first few for the report."""
+
+    def __init__(self, path: Path, log: _LineLog):
         self.path = str(path)
-        self.count = 0
-        self.first: list[tuple[str, int, str]] = []
+        self.log = log
+        self.bad_count = 0
+        self.repaired_count = 0
+        self.first_bad: list[tuple[str, int, str]] = []
+        self.first_repaired: list[tuple[str, int, str]] = []
 
-    def add(self, line_number: int, reason: str) -> None:
-        self.count += 1
-        if len(self.first) < _BAD_LINES_KEPT:
-            self.first.append((self.path, line_number, reason))
+    def bad(self, line_number: int, reason: str) -> None:
+        self.bad_count += 1
+        self._record(self.first_bad, line_number, reason)
+
+    def repaired(self, line_number: int, reason: str) -> None:
+        self.repaired_count += 1
+        self._record(self.first_repaired, line_number, reason)
+
+    def _record(self, first: list, line_number: int, reason: str) -> None:
+        if len(first) < _BAD_LINES_KEPT:
+            first.append((self.path, line_number, reason))
+        self.log.add(self.path, line_number, reason)
 
 
 class _Lines:
     """Iterate over a plain or gzip file's non-blank lines as ``(line_number, raw_bytes)``.
 
-    ``lines_read`` counts every line, blank ones included. A damaged gzip stream raises
-    ``ValueError`` naming the last line read.
+    ``raw_bytes`` is None for a line longer than ``_MAX_LINE_BYTES``, which is skipped without
+    being held in memory. A UTF-8 byte-order mark starting the file is dropped. ``lines_read``
+    counts every line, ``blank_lines`` the blank ones. A damaged gzip stream raises
+    :class:`ConversionError`, a read failure :class:`ConversionIOError`, both naming the last
+    line read.
     """
 
     def __init__(self, path: Path, show_progress: bool):
         self.path = path
         self.show_progress = show_progress
         self.lines_read = 0
+        self.blank_lines = 0
 
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        with _open_binary(self.path) as handle, tqdm(
-            handle,
+    def __iter__(self) -> Iterator[tuple[int, bytes | None]]:
+        try:
+            handle = _open_binary(self.path)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise ConversionIOError(self.path, "cannot read", error) from error
+        with handle, tqdm(
+            _bounded_lines(handle),
             desc=self.path.name,
             unit="lines",
             file=sys.stderr,
@@ -249,12 +435,31 @@ class _Lines:
             try:
                 for raw in lines:
                     self.lines_read += 1
-                    if not raw.isspace():
-                        yield self.lines_read, raw
+                    if raw is not None and self.lines_read == 1 and raw.startswith(_UTF8_BOM):
+                        raw = raw[len(_UTF8_BOM) :]
+                    if raw is not None and (not raw or raw.isspace()):
+                        self.blank_lines += 1
+                        continue
+                    yield self.lines_read, raw
             except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-                raise ValueError(
+                raise ConversionError(
                     f"{self.path}: truncated or corrupt gzip after line {self.lines_read}"
                 ) from error
+            except OSError as error:
+                raise ConversionIOError(
+                    self.path, f"read error after line {self.lines_read}", error
+                ) from error
+
+
+def _bounded_lines(handle) -> Iterator[bytes | None]:
+    """The lines of a binary file; None in place of a line longer than ``_MAX_LINE_BYTES``."""
+    while raw := handle.readline(_MAX_LINE_BYTES + 1):
+        if len(raw) <= _MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while (rest := handle.readline(_SKIP_CHUNK_BYTES)) and not rest.endswith(b"\n"):
+            pass
+        yield None
 
 
 def _open_binary(path: Path):
@@ -264,11 +469,34 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes) -> tuple[str, int | None]:
+    """The line as stripped text, and the offset of its first invalid UTF-8 byte (None if valid).
+
+    Invalid bytes are decoded as U+FFFD.
+    """
     try:
-        return raw.decode("utf-8").strip()
+        return raw.decode("utf-8").strip(), None
     except UnicodeDecodeError as error:
-        raise _BadLine(f"invalid UTF-8 at byte {error.start}") from None
+        return raw.decode("utf-8", errors="replace").strip(), error.start
+
+
+def _parsed_lines(lines: _Lines, parse: Callable[[str], object], log: _FileLog) -> Iterator:
+    """Yield ``parse(text)`` of each good line; log bad lines and kept lines with invalid UTF-8."""
+    for line_number, raw in lines:
+        if raw is None:
+            log.bad(line_number, f"line longer than {_MAX_LINE_BYTES:,} bytes")
+            continue
+        text, invalid_at = _decode(raw)
+        try:
+            parsed = parse(text)
+        except _BadLine as bad:
+            note = "" if invalid_at is None else f" (invalid UTF-8 at byte offset {invalid_at})"
+            log.bad(line_number, f"{bad}{note}")
+            continue
+        if invalid_at is not None:
+            reason = f"invalid UTF-8 at byte offset {invalid_at} replaced by U+FFFD (line kept)"
+            log.repaired(line_number, reason)
+        yield parsed
 
 
 def _parse_record(text: str) -> dict:
@@ -279,9 +507,10 @@ def _parse_record(text: str) -> dict:
         try:
             record = ast.literal_eval(text)
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise _BadLine("malformed line: neither JSON nor a Python literal") from None
+            reason = f"malformed line: neither JSON nor a Python literal: {text!r:.40}"
+            raise _BadLine(reason) from None
     if not isinstance(record, dict):
-        raise _BadLine("not an object")
+        raise _BadLine(f"not an object: {text!r:.40}")
     return record
 
 
@@ -289,15 +518,19 @@ def _parse_record(text: str) -> dict:
 
 
 def _resolve_format(path: Path, requested: str) -> str:
-    """Return the concrete format of ``path``: ``json``, ``csv-2014`` or ``csv-2018``."""
+    """Return the concrete format of ``path``: ``json``, ``csv-2014`` or ``csv-2018``.
+
+    ``auto`` means JSON for a ``.json`` or ``.json.gz`` name, or when at least half of the first
+    lines start with ``{``; else the CSV layout is guessed.
+    """
     if requested not in REVIEW_FORMATS:
-        raise ValueError(f"unknown reviews format {requested!r}; use one of {REVIEW_FORMATS}")
+        raise ConversionError(f"unknown reviews format {requested!r}; use one of {REVIEW_FORMATS}")
     if requested != "auto":
         return requested
     if path.name.endswith((".json", ".json.gz")):
         return "json"
     sample = _first_lines(path, _DETECTION_ROWS)
-    if not sample or sample[0].startswith("{"):
+    if 2 * sum(line.startswith("{") for line in sample) >= len(sample):
         return "json"
     return _detect_csv_layout(path, sample)
 
@@ -306,6 +539,8 @@ def _first_lines(path: Path, count: int) -> list[str]:
     sample = []
     with closing(iter(_Lines(path, show_progress=False))) as lines:
         for _, raw in lines:
+            if raw is None:
+                continue
             sample.append(raw.decode("utf-8", errors="replace").strip())
             if len(sample) == count:
                 break
@@ -323,7 +558,7 @@ def _detect_csv_layout(path: Path, sample: list[str]) -> str:
         hits, other = asin_counts[item_column], asin_counts[1 - item_column]
         if hits >= 2 * other and 2 * hits >= len(rows):
             return layout
-    raise ValueError(
+    raise ConversionError(
         f"{path}: cannot tell the CSV column order (ASIN-like values in column 1: "
         f"{asin_counts[0]}, column 2: {asin_counts[1]}, of {len(rows)} rows); pass "
         "--format csv-2014 (user,item,rating,timestamp) or --format csv-2018 "
@@ -347,7 +582,7 @@ class _Table:
 
 
 class _TableBuilder:
-    """Growable compact columns; user and item strings are interned to ints."""
+    """Growable compact columns (20 bytes a row); user and item strings are interned to ints."""
 
     def __init__(self):
         self.user_ids: dict[str, int] = {}
@@ -374,22 +609,22 @@ class _TableBuilder:
         )
 
 
-def _read_reviews(path: Path, report: ConversionReport, show_progress: bool) -> _Table:
+def _read_reviews(
+    path: Path, report: ConversionReport, log: _LineLog, show_progress: bool
+) -> _Table:
     if report.reviews_format == "json":
         parse = _json_review
     else:
         parse = partial(_csv_review, id_columns=_CSV_ID_COLUMNS[report.reviews_format])
     builder = _TableBuilder()
-    bad_lines = _BadLineLog(path)
+    file_log = _FileLog(path, log)
     lines = _Lines(path, show_progress)
-    for line_number, raw in lines:
-        try:
-            builder.add(*parse(_decode(raw)))
-        except _BadLine as bad:
-            bad_lines.add(line_number, str(bad))
-    report.lines_read = lines.lines_read
-    report.bad_line_count = bad_lines.count
-    report.bad_lines.extend(bad_lines.first)
+    for row in _parsed_lines(lines, parse, file_log):
+        builder.add(*row)
+    report.lines_read, report.blank_lines = lines.lines_read, lines.blank_lines
+    report.bad_line_count, report.repaired_line_count = file_log.bad_count, file_log.repaired_count
+    report.bad_lines.extend(file_log.first_bad)
+    report.repaired_lines.extend(file_log.first_repaired)
     return builder.build()
 
 
@@ -417,11 +652,18 @@ def _csv_review(text: str, id_columns: tuple[int, int]) -> tuple[str, str, int, 
 
 
 def _token(value, name: str) -> str:
+    """A user or item id: a non-empty string without characters that would corrupt the output."""
     if value is None:
         raise _BadLine(f"missing {name}")
-    if not isinstance(value, str) or not value.strip() or _LINE_BREAK_OR_TAB.search(value):
+    if not isinstance(value, str) or not value.strip():
         raise _BadLine(f"invalid {name}: {value!r:.40}")
-    return value.strip()
+    token = value.strip()
+    if token.isalnum():  # the usual case, and never holds a character of _BAD_ID_CHARACTER
+        return token
+    bad = _BAD_ID_CHARACTER.search(token)
+    if bad:
+        raise _BadLine(f"invalid {name}: {token!r:.40} contains U+{ord(bad.group()):04X}")
+    return token
 
 
 def _review_time(record: dict) -> int:
@@ -470,17 +712,24 @@ def _rating(value, name: str) -> float:
 def _select_rows(table: _Table, report: ConversionReport) -> np.ndarray:
     """Deduplicate and filter; return the kept row indices in output order; fill the counts."""
     source = report.reviews_path
+    if report.lines_read == 0:
+        raise ConversionError(f"{source}: empty file")
     if len(table.users) == 0:
-        raise ValueError(
+        raise ConversionError(
             f"{source}: no valid interactions ({report.lines_read:,} lines read, "
-            f"{report.bad_line_count:,} bad)"
+            f"{report.blank_lines:,} blank, {report.bad_line_count:,} bad"
+            + "".join(
+                f"; line {number}: {reason}"
+                for _, number, reason in report.bad_lines[:_ERROR_EXAMPLES]
+            )
+            + ")"
         )
     report.has_rating = not bool(np.isnan(table.ratings).all())
     keep = _first_occurrences(table.users, table.items, table.times)
     report.duplicates_removed = len(keep) - int(keep.sum())
     if report.min_rating is not None:
         if not report.has_rating:
-            raise ValueError(f"{source}: min_rating given but the file has no ratings")
+            raise ConversionError(f"{source}: min_rating given but the file has no ratings")
         passing = keep & (table.ratings >= report.min_rating)
         report.removed_by_rating = int(keep.sum()) - int(passing.sum())
         keep = passing
@@ -489,7 +738,10 @@ def _select_rows(table: _Table, report: ConversionReport) -> np.ndarray:
     report.removed_by_k_core = before_k_core - int(keep.sum())
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
-        raise ValueError(f"{source}: no interactions left after the rating and k-core filters")
+        raise ConversionError(
+            f"{source}: no interactions left after the rating and k-core filters "
+            f"({before_k_core:,} before the {report.k_core}-core)"
+        )
     user_rank = _string_ranks(table.user_tokens)
     rows = rows[np.lexsort((table.times[rows], user_rank[table.users[rows]]))]
     report.interactions = len(rows)
@@ -542,29 +794,40 @@ def _read_meta(
     kept_items: list[str],
     review_items: set[str],
     report: ConversionReport,
+    log: _LineLog,
     show_progress: bool,
 ) -> dict[str, tuple[str, str, str]]:
-    """Map each kept item with a meta line to (brand, categories, category); the first line wins."""
+    """Map each kept item with a meta line to (brand, categories, category); the first line wins.
+
+    Every line is parsed and checked, whether its item is kept or not, and counted once (see
+    :class:`ConversionReport`).
+    """
     wanted = set(kept_items)
     features: dict[str, tuple[str, str, str]] = {}
-    bad_lines = _BadLineLog(path)
+    file_log = _FileLog(path, log)
     lines = _Lines(path, show_progress)
-    for line_number, raw in lines:
-        try:
-            record = _parse_record(_decode(raw))
-            asin = _token(record.get("asin"), "asin")
-            if asin not in review_items:
-                report.meta_absent_from_reviews += 1
-            elif asin in wanted and asin not in features:
-                features[asin] = _item_features(record)
-        except _BadLine as bad:
-            bad_lines.add(line_number, str(bad))
-    report.meta_lines_read = lines.lines_read
-    report.meta_bad_line_count = bad_lines.count
-    report.bad_lines.extend(bad_lines.first)
+    for asin, item_features in _parsed_lines(lines, _meta_line, file_log):
+        if asin in features:
+            report.meta_duplicates += 1
+        elif asin in wanted:
+            features[asin] = item_features
+        elif asin in review_items:
+            report.meta_filtered_out += 1
+        else:
+            report.meta_absent_from_reviews += 1
+    report.meta_lines_read, report.meta_blank_lines = lines.lines_read, lines.blank_lines
+    report.meta_bad_line_count = file_log.bad_count
+    report.meta_repaired_line_count = file_log.repaired_count
+    report.bad_lines.extend(file_log.first_bad)
+    report.repaired_lines.extend(file_log.first_repaired)
     report.meta_items_matched = len(features)
     report.items_without_meta = len(wanted) - len(features)
     return features
+
+
+def _meta_line(text: str) -> tuple[str, tuple[str, str, str]]:
+    record = _parse_record(text)
+    return _token(record.get("asin"), "asin"), _item_features(record)
 
 
 def _item_features(record: dict) -> tuple[str, str, str]:
@@ -575,10 +838,12 @@ def _item_features(record: dict) -> tuple[str, str, str]:
     are skipped.
     """
     brand = record.get("brand")
-    paths = [[_category_token(name) for name in path[1:]] for path in _category_paths(record)]
+    paths = [
+        [_category_token(name) for name in path[1:]] for path in _category_paths(record)
+    ]
     categories = " ".join(dict.fromkeys(name for path in paths for name in path if name))
     category = next((name for name in paths[0] if name), "") if paths else ""
-    return ("" if brand is None else _clean_text(brand)), categories, category
+    return ("" if brand is None else _clean_text(brand, "brand")), categories, category
 
 
 def _category_paths(record: dict) -> list[list]:
@@ -596,19 +861,23 @@ def _category_paths(record: dict) -> list[list]:
     return [category]
 
 
-def _clean_text(value) -> str:
-    """Unescape HTML entities, collapse whitespace to single spaces, strip.
+def _clean_text(value, name: str) -> str:
+    """Unescape HTML entities, turn control characters and whitespace runs into one space, strip.
 
     Double quotes become single quotes: RecBole reads atomic files with pandas, for which a
-    field starting with ``"`` is quoted and could swallow the following lines.
+    field starting with ``"`` is quoted and could swallow the following lines. An unpaired
+    surrogate (a ``\\udXXX`` escape that is no character) makes the line bad.
     """
-    text = _WHITESPACE.sub(" ", html.unescape(str(value))).strip()
+    text = html.unescape(str(value))
+    if _SURROGATE.search(text):
+        raise _BadLine(f"{name} {text!r:.40} holds an unpaired surrogate escape")
+    text = _WHITESPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
     return text.replace('"', "'")
 
 
 def _category_token(name) -> str:
     """A category name as one token of a space-separated ``token_seq``."""
-    return _clean_text(name).replace(" ", "_")
+    return _clean_text(name, "category").replace(" ", "_")
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -641,21 +910,95 @@ def _item_lines(kept_items: list[str], features: dict[str, tuple[str, str, str]]
         yield "\t".join((asin, *features.get(asin, ("", "", "")))) + "\n"
 
 
-def _write_atomically(outputs: list[tuple[Path, Iterable[str]]]) -> None:
-    """Write every file to a temporary name beside it, then move them all into place.
+def _write_outputs(folder: Path, outputs: dict[Path, Iterable[str]], stale: list[Path]) -> None:
+    """Create ``folder``, write ``outputs`` atomically, then remove the ``stale`` files.
 
-    On any error the temporary files are removed and no target file is touched.
+    Temporaries that an earlier, killed run left beside these files are removed first.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConversionIOError(folder, "cannot create the output folder", error) from error
+    _remove_stale_temporaries(folder, [*outputs, *stale])
+    _write_atomically(outputs)
+    for path in stale:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as error:
+            raise ConversionIOError(path, "cannot remove this outdated file", error) from error
+
+
+def _temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _write_atomically(outputs: dict[Path, Iterable[str]]) -> None:
+    """Write every file to a temporary name beside it, sync it, then move them all into place.
+
+    On any error the temporary files are removed; unless the error struck while moving the files
+    into place (a rename in one folder, which practically does not fail), no target file is
+    touched. An ``OSError`` becomes a :class:`ConversionIOError` naming the target file.
     """
     temporaries: list[Path] = []
+    replaced: list[str] = []
+    path = None
     try:
-        for path, lines in outputs:
-            temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        for path, lines in outputs.items():
+            temporary = _temporary_path(path)
             temporaries.append(temporary)
             with open(temporary, "w", encoding="utf-8", newline="\n") as handle:
                 handle.writelines(lines)
-        for temporary, (path, _) in zip(temporaries, outputs):
+                handle.flush()
+                os.fsync(handle.fileno())
+        for temporary, path in zip(temporaries, outputs):
             os.replace(temporary, path)
-    except BaseException:
+            replaced.append(path.name)
+    except BaseException as error:
         for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, ConversionIOError):
+            note = (
+                f"already replaced: {', '.join(replaced)}; the other files are unchanged"
+                if replaced
+                else "the previous files are unchanged"
+            )
+            raise ConversionIOError(path, "cannot write", error, note) from error
         raise
+    if path is not None:
+        _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync ``folder`` so the renames survive a power cut (best effort: not every system can)."""
+    if os.name != "posix":
+        return
+    with suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _remove_stale_temporaries(folder: Path, paths: list[Path]) -> None:
+    """Remove the temporaries of ``paths`` whose writing process is gone (killed mid-write)."""
+    for path in paths:
+        for temporary in folder.glob(f".{glob.escape(path.name)}.tmp-*"):
+            pid = temporary.name.rpartition("-")[2]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                with suppress(OSError):
+                    temporary.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (always True where that cannot be asked safely)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. another user's process
+    return True
