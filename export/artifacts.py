@@ -15,6 +15,14 @@
     Only for models with user profile fields: internal user id -> user token.
 ``DIR/export_report.json``
     The metadata and the parity check's result (informational).
+
+The error types below are shared by the runtime and retrieval (all are ``ValueError`` subclasses,
+so the ``mind-recbole`` command reports them as errors with exit status 2):
+
+- :class:`ArtifactError`: a file of the directory is unreadable, malformed, or disagrees with
+  another (``path``, ``field``);
+- :class:`InputError` and its subclasses: a request that cannot be served (``rows``: the batch
+  rows at fault): :class:`EmptyHistoryError`, :class:`UnknownItemError`, :class:`ItemIdError`.
 """
 
 ONNX_FILE = "user_tower.onnx"
@@ -51,3 +59,45 @@ META_VERSIONS = ("mind_recbole_version", "torch_version", "recbole_version", "on
 
 REQUIRED_METADATA = (META_INTEREST_NUM, META_EMBEDDING_SIZE, META_MAX_SEQ_LENGTH)
 NOT_APPLICABLE = "n/a"
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class ArtifactError(ValueError):
+    """A file of an exported directory is corrupt, malformed, or from another model than its siblings.
+
+    Attributes: ``path`` (the file at fault, as given), ``field`` (the metadata key, array row or
+    JSON entry concerned, or None). The message starts with the path.
+    """
+
+    def __init__(self, path, message, field=None):
+        self.path = str(path)
+        self.field = field
+        super().__init__(f"{path}: {message}")
+
+
+class InputError(ValueError):
+    """A request the user tower cannot serve; ``rows`` are the offending batch rows (0-based, sorted)."""
+
+    def __init__(self, message, rows=()):
+        self.rows = sorted({int(row) for row in rows})
+        super().__init__(message)
+
+
+class EmptyHistoryError(InputError):
+    """One or more histories are empty (or have no known item left after ``on_unknown="skip"``)."""
+
+
+class UnknownItemError(InputError):
+    """Item tokens not in ``item_tokens.json``; ``tokens`` lists them (first-seen order)."""
+
+    def __init__(self, message, tokens=(), rows=()):
+        self.tokens = list(tokens)
+        super().__init__(message, rows)
+
+
+class ItemIdError(InputError):
+    """Internal item (or user) ids out of range; ``first`` is ``(row, position, value)`` of the first one."""
+
+    def __init__(self, message, rows=(), first=None):
+        self.first = first
+        super().__init__(message, rows)

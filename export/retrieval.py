@@ -15,11 +15,24 @@ serving rule; YouTubeDNN is K = 1).
 faiss is optional (``pip install mind-recbole[faiss]``); without it the ANN functions raise
 ``ImportError`` with that hint. Results are ``TopK(ids, scores, interests)``, each ``[B, k]``;
 where fewer than ``k`` items are eligible, rows end with id ``-1``, score ``-inf``, interest ``-1``.
+
+Input checks (``ValueError`` subclasses from :mod:`export.artifacts`): an exclusion id outside
+``0 .. N - 1`` is an :class:`~export.artifacts.ItemIdError` naming the user row and the id (ids
+from another catalogue are a bug, not something to drop silently); NaN / inf in an *active*
+interest is an :class:`~export.artifacts.InputError` naming the rows. Item vectors are not scanned
+per call: :class:`export.runtime.UserTower` checks ``item_embeddings.npy`` once at load.
+
+Threads: the exact functions only read their inputs (never write them), so many threads may score
+against one shared ``item_vectors`` at once. An :class:`AnnIndex` may be searched from many
+threads too, but :meth:`AnnIndex.set_search_effort` changes the shared index: do not call it
+while other threads search.
 """
 
 from typing import NamedTuple
 
 import numpy as np
+
+from export.artifacts import InputError, ItemIdError
 
 FAISS_HINT = "faiss is not installed: pip install mind-recbole[faiss] (or pip install faiss-cpu)"
 
@@ -43,21 +56,30 @@ def _check_inputs(interests, mask):
         raise ValueError(f"mask must be [B, K] = {interests.shape[:2]}, got {mask.shape}")
     if not mask.any(axis=1).all():
         raise ValueError("every user needs at least one active interest (a mask row is all False)")
+    broken = np.nonzero((~np.isfinite(interests).all(axis=2) & mask).any(axis=1))[0]
+    if broken.size:
+        shown = ", ".join(map(str, broken[:20].tolist())) + (f" and {broken.size - 20} more" if broken.size > 20 else "")
+        raise InputError(f"active interests hold NaN or inf in row(s) {shown}", rows=broken)
     return interests, mask
 
 
 def _exclusion_pairs(exclude, batch_size, n_items):
-    """Per-user item ids -> (rows, cols) arrays, sorted by column; None -> empty."""
+    """Per-user item ids -> (rows, cols) arrays, sorted by column; None -> empty; ids outside 0..N-1: ItemIdError."""
     if exclude is None:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     if len(exclude) != batch_size:
         raise ValueError(f"exclude needs one id list per user ({batch_size}), got {len(exclude)}")
-    rows, cols = [], []
+    rows, cols, bad = [], [], []
     for row, ids in enumerate(exclude):
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        ids = ids[(ids >= 0) & (ids < n_items)]
+        outside = np.nonzero((ids < 0) | (ids >= n_items))[0]
+        if outside.size:
+            bad.append((row, int(outside[0]), int(ids[outside[0]])))
         rows.append(np.full(ids.shape, row, np.int64))
         cols.append(ids)
+    if bad:
+        shown = ", ".join(f"user {r} has {v}" for r, _, v in bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise ItemIdError(f"exclude: item id(s) outside 0..{n_items - 1}: {shown}", rows=[r for r, _, _ in bad], first=bad[0])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     order = np.argsort(cols, kind="stable")
     return rows[order], cols[order]
@@ -94,7 +116,8 @@ def max_over_interests_topk(
         topk: items per user (at most the number of items).
         chunk_size: items scored per step; the working set is ``B * K * chunk_size`` floats
             (None: :func:`default_chunk_size`, about 64 MiB).
-        exclude: per user, item ids never to return (e.g. the user's history), or None.
+        exclude: per user, item ids never to return (e.g. the user's history; each in ``0 .. N - 1``,
+            else :class:`~export.artifacts.ItemIdError`), or None.
         exclude_padding: never return item 0 (RecBole's padding id).
 
     Returns :class:`TopK` ``(ids, scores, interests)``, each ``[B, topk]``, scores descending.
@@ -166,7 +189,7 @@ class AnnIndex:
         self.index, self.kind, self.first_id, self.n_items = index, kind, first_id, n_items
 
     def set_search_effort(self, ef_search=None, nprobe=None):
-        """HNSW ``efSearch`` / IVF ``nprobe``: higher is slower and closer to exact."""
+        """HNSW ``efSearch`` / IVF ``nprobe``: higher is slower and closer to exact (not while other threads search)."""
         if ef_search is not None and self.kind == "hnsw":
             self.index.hnsw.efSearch = int(ef_search)
         if nprobe is not None and self.kind == "ivf":

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from export import artifacts as A
+from export.artifacts import ArtifactError
 from export.retrieval import ann_recall, ann_topk, build_index, max_over_interests_topk, recall_at_n
 from export.runtime import CPU, CUDA, ProviderFallbackWarning, UserTower, select_providers
 from tests.conftest import PROJECT_ROOT
@@ -204,8 +205,9 @@ def test_missing_metadata_key_is_named(mind_export, tmp_path):
     kept = {p.key: p.value for p in proto.metadata_props if p.key != "max_seq_length"}
     onnx.helper.set_model_props(proto, kept)
     onnx.save_model(proto, str(tmp_path / A.ONNX_FILE))
-    with pytest.raises(ValueError, match="metadata key 'max_seq_length' is missing"):
+    with pytest.raises(ArtifactError, match="metadata key 'max_seq_length' is missing") as error:
         UserTower(tmp_path)
+    assert error.value.field == "max_seq_length" and error.value.path == str(tmp_path / A.ONNX_FILE)
     with pytest.raises(FileNotFoundError, match="user_tower.onnx"):
         UserTower(tmp_path / "nowhere")
 
