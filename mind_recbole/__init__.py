@@ -8,11 +8,12 @@ torch nor RecBole.
 __version__ = "0.1.0"
 
 
-def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
-    """Train and test a model; see :func:`mind_recbole.quick_start.run_recbole`."""
+def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, **options):
+    """Train and test a model; see :func:`mind_recbole.quick_start.run_recbole` (``options``:
+    ``evaluate_test``, ``resume``)."""
     from mind_recbole.quick_start import run_recbole as _run_recbole
 
-    return _run_recbole(model, dataset, config_file_list, config_dict, saved)
+    return _run_recbole(model, dataset, config_file_list, config_dict, saved, **options)
 
 
 def load_data_and_model(model_file):

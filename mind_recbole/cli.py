@@ -4,6 +4,7 @@ Sub-commands:
   prepare amazon   McAuley Amazon review files -> RecBole atomic files under datasets/NAME/
   train            train and test a model (ours or RecBole's) with RecBole
   quickstart       MIND beside Pop on MovieLens-100k, shipped inside RecBole's wheel (offline)
+  compare          every model on one dataset and split: results/NAME.md, .json and a plot
   export           a MIND / YouTubeDNN checkpoint -> ONNX user tower + item embeddings (parity-checked)
   retrieve         top items for a history from an exported model (onnxruntime + numpy; no torch)
 
@@ -15,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+DEFAULT_MODELS_TEXT = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUICKSTART_CONFIG = Path(__file__).resolve().parent / "properties" / "quickstart-ml-100k.yaml"
 
@@ -23,7 +25,8 @@ def main(argv=None):
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
-    if overrides and args.command != "train":
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)[1:]
+    if overrides and args.command not in ("train", "compare"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     try:
         return args.handler(args, overrides)
@@ -64,12 +67,56 @@ def build_parser():
         help="YAML config file (repeatable; later files win). Default: configs/NAME.yaml when it exists",
     )
     train.add_argument("--result-json", type=Path, help="write the validation and test metrics here")
+    train.add_argument(
+        "--valid-only", action="store_true", help="tuning: report validation metrics, never touch the test split"
+    )
+    train.add_argument(
+        "--resume", type=Path, metavar="CHECKPOINT",
+        help="continue training from this checkpoint (saved/MODEL-....pth) up to --epochs; it is overwritten",
+    )
+    distributed = train.add_argument_group(
+        "distributed training (RecBole's torch.distributed mode; gloo on CPUs, nccl on GPUs with --gpu_id=0,1,...)"
+    )
+    distributed.add_argument("--nproc", type=int, default=1, help="processes on this machine (default 1)")
+    distributed.add_argument("--world-size", type=int, default=-1, help="processes on all machines (default: --nproc)")
+    distributed.add_argument("--ip", default="localhost", help="address of the machine running rank 0 (default localhost)")
+    distributed.add_argument("--port", default="5678", help="free TCP port on rank 0's machine (default 5678)")
+    distributed.add_argument(
+        "--group-offset", type=int, default=0, help="rank of this machine's first process (0 on rank 0's machine)"
+    )
     train.set_defaults(handler=train_model)
 
     quickstart = commands.add_parser("quickstart", help="MIND beside Pop on MovieLens-100k (offline)")
     quickstart.add_argument("--epochs", type=int, default=20, help="MIND training epochs (default 20, about 4 minutes on 2 cores)")
     quickstart.add_argument("--result-json", type=Path, help="write both models' metrics here")
     quickstart.set_defaults(handler=run_quickstart)
+
+    compare = commands.add_parser(
+        "compare",
+        help="train and evaluate several models on the same split; tables, JSON and a plot",
+        epilog="Any --key=value is passed to every run as a config override, e.g. --epochs=2.",
+    )
+    compare.add_argument("--dataset", required=True, help="dataset name (atomic files in data_path/NAME/)")
+    compare.add_argument(
+        "--models", default=",".join(DEFAULT_MODELS_TEXT),
+        help=f"comma-separated models (default {','.join(DEFAULT_MODELS_TEXT)})",
+    )
+    compare.add_argument(
+        "--config", action="append", default=[], type=Path,
+        help="YAML config for every model (repeatable). Default: configs/NAME.yaml; "
+        "configs/NAME/MODEL.yaml is added per model when it exists",
+    )
+    compare.add_argument("--seeds", type=int, default=1, help="seeds per model: 2020, 2021, ... (default 1)")
+    compare.add_argument(
+        "--protocols", default="leave_one_out,multi_interest",
+        help="leave_one_out (full ranking and 100 sampled negatives) and/or multi_interest (ComiRec's)",
+    )
+    compare.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results)")
+    compare.add_argument("--rerun", action="store_true", help="retrain runs whose results are already in OUT")
+    compare.add_argument(
+        "--report-only", action="store_true", help="train nothing: rewrite the report from the runs already in OUT"
+    )
+    compare.set_defaults(handler=compare_models)
 
     export = commands.add_parser(
         "export", help="export a MIND / YouTubeDNN checkpoint for serving (ONNX user tower, item embeddings)"
@@ -138,7 +185,8 @@ def parse_overrides(overrides):
 
 
 def train_model(args, overrides):
-    from mind_recbole.quick_start import run_recbole
+    from mind_recbole import compat
+    from mind_recbole.distributed import run as run_distributed
 
     config_files = args.config or dataset_config_files(args.dataset)
     for file in config_files:
@@ -146,13 +194,64 @@ def train_model(args, overrides):
             raise FileNotFoundError(f"config file not found: {file}")
     # RecBole reads --key=value overrides from sys.argv itself, with its own type conversion.
     sys.argv = [sys.argv[0]] + parse_overrides(overrides)
-    result = run_recbole(
-        model=args.model, dataset=args.dataset, config_file_list=[str(f) for f in config_files] or None
+    compat.apply()
+    from mind_recbole.config import check_command_line_keys
+
+    check_command_line_keys(overrides)  # here the command line is all config: a typo is an error
+    if args.resume is not None and not args.resume.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint not found: {args.resume}")
+    result = run_distributed(
+        model=args.model, dataset=args.dataset, config_file_list=[str(f) for f in config_files] or None,
+        nproc=args.nproc, world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
+        evaluate_test=not args.valid_only, resume=None if args.resume is None else str(args.resume),
     )
+    if result is None:  # a distributed run whose first local process did not report
+        print("no result from this machine's processes (see the log of rank 0)", file=sys.stderr)
+        return 1
+    if result.get("distributed"):
+        print("distributed: {world_size} processes, weights agree: {weights_agree}".format(**result["distributed"]))
     record = result_record(args.model, args.dataset, result, config_files)
-    print(format_metrics_table({args.model: record["test_result"]}, title=f"test metrics on {args.dataset}"))
+    split = "valid" if args.valid_only else "test"
+    print(format_metrics_table({args.model: record["best_valid_result" if args.valid_only else "test_result"]}, title=f"{split} metrics on {args.dataset}"))
     write_json(args.result_json, record)
     return 0
+
+
+def compare_models(args, overrides):
+    from mind_recbole.compare import PROTOCOL_GROUPS, run_comparison
+
+    config_files = args.config or dataset_config_files(args.dataset)
+    for file in config_files:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"config file not found: {file}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    groups = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    unknown = [p for p in groups if p not in PROTOCOL_GROUPS]
+    if unknown or not groups:
+        raise ValueError(f"--protocols: unknown {unknown}; choose from {', '.join(PROTOCOL_GROUPS)}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    sys.argv = sys.argv[:1]  # overrides go to every run through config_dict, not RecBole's argv parsing
+    paths = run_comparison(
+        args.dataset, models, config_files, args.seeds, args.out, groups,
+        overrides=parse_override_values(overrides), rerun=args.rerun, report_only=args.report_only,
+        command="mind-recbole compare " + " ".join(args.raw_argv),
+    )
+    for kind, path in paths.items():
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def parse_override_values(overrides):
+    """``--key=value`` arguments -> ``{key: value}``, values read as YAML (``2`` -> 2, ``[a, b]`` -> list)."""
+    import yaml
+
+    values = {}
+    for argument in parse_overrides(overrides):
+        key, _, text = argument[2:].partition("=")
+        values[key] = yaml.safe_load(text) if text else None
+    return values
 
 
 def run_quickstart(args, _overrides):
@@ -176,7 +275,7 @@ def result_record(model, dataset, result, config_files):
         "dataset": dataset,
         "config_files": [str(f) for f in config_files],
         "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
-        "test_result": {k: float(v) for k, v in result["test_result"].items()},
+        "test_result": {k: float(v) for k, v in (result["test_result"] or {}).items()} or None,
         "epochs": len(epoch_seconds),
         "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
         "saved_model_file": result.get("saved_model_file"),

@@ -30,6 +30,20 @@ What is fixed, and why (each has a test in ``tests/test_compat.py``):
 4. **Anomaly detection.** ``recbole/model/sequential_recommender/sine.py`` calls
    ``torch.autograd.set_detect_anomaly(True)`` at import, slowing every model's backward pass
    (about +60 % measured on SASRec). We import it and switch anomaly detection back off.
+5. **Distributed training without GPUs.** ``Config._init_device`` starts every distributed run
+   (``local_rank`` in the config) with the ``nccl`` backend on ``cuda:<local_rank>`` and asserts
+   one ``gpu_id`` per process, and ``AbstractTrainer.__init__`` passes
+   ``device_ids=[local_rank]`` to ``DistributedDataParallel``, which torch rejects for a CPU
+   module. Where the run has no GPU (CUDA unavailable, ``gpu_id`` empty or ``use_gpu: False``),
+   ``_init_device`` now starts the ``gloo`` backend with the same rank, world size and
+   ``tcp://ip:port`` and keeps the process on the CPU, with RecBole's other settings unchanged
+   (``single_spec`` False, ranks other than 0 quiet); GPU runs take RecBole's nccl path as
+   before. The trainer module's ``DistributedDataParallel`` drops ``device_ids`` for CPU modules.
+   (Tested end to end in ``tests/test_resume_distributed.py``.)
+6. **Folder creation races.** ``recbole.utils.ensure_dir`` checks ``os.path.exists`` and then calls
+   ``os.makedirs``; processes of a distributed run starting together both see no ``log/`` or
+   ``saved/`` folder and the slower one fails with ``FileExistsError``. Every module's
+   ``ensure_dir`` becomes ``os.makedirs(path, exist_ok=True)``.
 
 ``pkg_resources`` (needed by ``ray`` 2.6.3, RecBole's ``ray <= 2.6.3``) is handled by pinning
 ``setuptools < 82`` in ``pyproject.toml``, not here.
@@ -68,6 +82,8 @@ def apply():
     _patch_dataset()
     _patch_trainer_checkpoint_loading()
     _disable_sine_anomaly_detection()
+    _patch_distributed_cpu()
+    _patch_ensure_dir()
     _applied = True
 
 
@@ -201,3 +217,78 @@ def _disable_sine_anomaly_detection():
     import recbole.model.sequential_recommender.sine  # noqa: F401  (its import turns anomaly mode on)
 
     torch.autograd.set_detect_anomaly(False)
+
+
+def _patch_distributed_cpu():
+    import torch
+    from recbole.config import configurator
+    from recbole.trainer import trainer
+
+    init_device = configurator.Config._init_device
+
+    def init_device_with_gloo_on_cpu(self):
+        config = self.final_config_dict
+        if "local_rank" not in config or _distributed_run_uses_cuda(config):
+            return init_device(self)  # single process, or GPUs: RecBole's own code (nccl)
+        if isinstance(config["gpu_id"], tuple):  # as RecBole normalises it
+            config["gpu_id"] = ",".join(map(str, config["gpu_id"]))
+        config["gpu_id"] = str(config["gpu_id"])
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=config["local_rank"] + config["offset"],
+            world_size=config["world_size"],
+            init_method=f"tcp://{config['ip']}:{config['port']}",
+        )
+        config["device"] = torch.device("cpu")
+        config["single_spec"] = False
+        if config["local_rank"] != 0:
+            config["state"] = "error"
+            config["show_progress"] = False
+            config["verbose"] = False
+
+    configurator.Config._init_device = init_device_with_gloo_on_cpu
+    trainer.DistributedDataParallel = _distributed_data_parallel
+
+
+def _distributed_run_uses_cuda(config):
+    """RecBole's own device rule (a non-empty gpu_id and CUDA), and ``use_gpu`` not False."""
+    import torch
+
+    gpu_id = config["gpu_id"]
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+    return bool(gpu_id) and torch.cuda.is_available() and config.get("use_gpu", True) is not False
+
+
+def _distributed_data_parallel(module, device_ids=None, **kwargs):
+    """``DistributedDataParallel`` without ``device_ids`` for a CPU module (torch rejects them there)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if all(parameter.device.type == "cpu" for parameter in module.parameters()):
+        device_ids = None
+    return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+
+
+def ensure_dir(dir_path):
+    """RecBole's ``ensure_dir`` without its check-then-create race: ``os.makedirs(exist_ok=True)``."""
+    import os
+
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def _patch_ensure_dir():
+    import recbole.data.dataset.dataset
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    for module in (
+        recbole.utils.utils,
+        recbole.utils,
+        recbole.utils.logger,
+        recbole.trainer.trainer,
+        recbole.data.utils,
+        recbole.data.dataset.dataset,
+    ):
+        module.ensure_dir = ensure_dir

@@ -22,6 +22,25 @@ from mind_recbole.model.layers import (
 LOSS_TYPES = ("sampled_softmax", "CE")
 
 
+def field_list(value, key):
+    """A config list of field names; a single name is a list of one (not a list of its letters)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(field, str) for field in value):
+        raise ValueError(f"{key} must be a list of field names, got {value!r}")
+    return list(value)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class InterestRecommender(SequentialRecommender):
     """A retrieval model whose user is ``K`` interest vectors and whose item is one vector.
 
@@ -35,9 +54,10 @@ class InterestRecommender(SequentialRecommender):
         super().__init__(config, dataset)
 
         # parameters from config
+        self._config_source = getattr(config, "key_source", None)  # MindConfig: where each key was set
         self.embedding_size = config["embedding_size"]
-        self.item_side_fields = list(config["item_side_fields"] or [])
-        self.user_profile_fields = list(config["user_profile_fields"] or [])
+        self.item_side_fields = field_list(config["item_side_fields"], "item_side_fields")
+        self.user_profile_fields = field_list(config["user_profile_fields"], "user_profile_fields")
         self.tower_hidden_sizes = list(config["tower_hidden_sizes"] or [])
         self.dropout_prob = config["dropout_prob"]
         self.loss_type = config["loss_type"]
@@ -45,6 +65,7 @@ class InterestRecommender(SequentialRecommender):
         self.negative_sampling_alpha = config["negative_sampling_alpha"]
         self.score_chunk_size = config["score_chunk_size"]
         self._check_config()
+        del self._config_source
 
         # layers and loss
         side_tables = feature_table(dataset, "item", self.item_side_fields)
@@ -69,12 +90,30 @@ class InterestRecommender(SequentialRecommender):
         self.apply(self._init_weights)
 
     def _check_config(self):
+        """Raise ``ValueError`` naming the key (and where it was set) for a setting out of range."""
         if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.loss_type == "sampled_softmax" and self.num_negatives < 1:
-            raise ValueError(f"num_negatives must be >= 1 for sampled_softmax, got {self.num_negatives}")
-        if self.embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {self.embedding_size}")
+            self._config_error("loss_type", f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        self._require_int("embedding_size", self.embedding_size, 1)
+        if self.loss_type == "sampled_softmax":
+            self._require_int("num_negatives", self.num_negatives, 1, " for sampled_softmax")
+        self._require_int("score_chunk_size", self.score_chunk_size, 1)
+        for size in self.tower_hidden_sizes:
+            self._require_int("tower_hidden_sizes", size, 1, " (each size)")
+        if not _is_number(self.dropout_prob) or not 0 <= self.dropout_prob < 1:
+            self._config_error("dropout_prob", f"dropout_prob must be in [0, 1), got {self.dropout_prob!r}")
+        if not _is_number(self.negative_sampling_alpha) or not math.isfinite(self.negative_sampling_alpha):
+            self._config_error(
+                "negative_sampling_alpha",
+                f"negative_sampling_alpha must be a number, got {self.negative_sampling_alpha!r}",
+            )
+
+    def _require_int(self, key, value, minimum, what=""):
+        if not _is_int(value) or value < minimum:
+            self._config_error(key, f"{key} must be an integer >= {minimum}{what}, got {value!r}")
+
+    def _config_error(self, key, message):
+        source = self._config_source(key) if self._config_source else None
+        raise ValueError(f"{message} (set in {source})" if source else message)
 
     @staticmethod
     def _init_weights(module):

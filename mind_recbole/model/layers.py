@@ -1,6 +1,7 @@
 """Building blocks shared by MIND and YouTubeDNN: feature embeddings, routing, attention, scoring."""
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -16,17 +17,11 @@ def feature_table(dataset, source, fields):
     if not fields:
         return {}
     table = dataset.get_item_feature() if source == "item" else dataset.get_user_feature()
-    id_field = dataset.iid_field if source == "item" else dataset.uid_field
     config_key = "item_side_fields" if source == "item" else "user_profile_fields"
-    available = [f for f in table.columns if f != id_field]
     tensors = {}
     for field in fields:
         if field not in table.columns:
-            raise ValueError(
-                f"{config_key} names {field!r}, but the {dataset.dataset_name}.{source} file loaded from "
-                f"{dataset.dataset_path} has no such field (loaded: {available or 'none'}); "
-                f"add it to load_col['{source}'] or remove it from {config_key}"
-            )
+            raise ValueError(missing_field_message(dataset, source, config_key, field, table.columns))
         if dataset.field2type[field].value not in ("token", "token_seq"):
             raise ValueError(
                 f"{config_key}: field {field!r} is of type {dataset.field2type[field].value}; "
@@ -34,6 +29,33 @@ def feature_table(dataset, source, fields):
             )
         tensors[field] = table[field].long()
     return tensors
+
+
+def missing_field_message(dataset, source, config_key, field, loaded):
+    """Why ``field`` is not in the loaded ``.item`` / ``.user`` table: no file, not in it, or not loaded."""
+    path = os.path.join(dataset.dataset_path, f"{dataset.dataset_name}.{source}")
+    if not os.path.isfile(path):
+        return (
+            f"{config_key} names {field!r}, but the dataset has no {source} features: {path} does not exist; "
+            f"remove {field!r} from {config_key} or add that file"
+        )
+    in_file = atomic_file_fields(path, dataset.config["field_separator"], dataset.config["encoding"])
+    if field in in_file:
+        return (
+            f"{config_key} names {field!r}: {path} has it, but load_col['{source}'] does not load it "
+            f"(loaded: {', '.join(loaded)}); add it to load_col['{source}']"
+        )
+    return (
+        f"{config_key} names {field!r}, but {path} has no such field (its fields: {', '.join(in_file)}); "
+        f"fix the name or remove it from {config_key}"
+    )
+
+
+def atomic_file_fields(path, separator="\t", encoding=None):
+    """The field names of a RecBole atomic file, from its ``name:type`` header line."""
+    with open(path, "r", encoding=encoding or "utf-8") as f:
+        header = f.readline().rstrip("\r\n")
+    return [column.split(":")[0] for column in header.split(separator or "\t")]
 
 
 class FeatureEmbedding(nn.Module):

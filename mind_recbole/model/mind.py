@@ -11,8 +11,20 @@ a ReLU layer, and training weighs the interests by label-aware attention. An ite
 best-matching interest, ``max_k e_i . v_u^k``.
 """
 
-from mind_recbole.model.base import InterestRecommender
+from mind_recbole.model.base import InterestRecommender, _is_int, _is_number
 from mind_recbole.model.layers import B2IDynamicRouting, interest_count_mask, label_aware_attention
+
+
+def _to_float(value):
+    """A number, or a string such as ``inf`` / ``.inf`` (from the command line), as a float; else None."""
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip().lower().replace(".inf", "inf"))
+        except ValueError:
+            return None
+    return None
 
 
 class MIND(InterestRecommender):
@@ -25,7 +37,7 @@ class MIND(InterestRecommender):
         self.routing_init_std = config["routing_init_std"]
         self.fixed_routing_init = config["fixed_routing_init"]
         self.routing_detach_logits = config["routing_detach_logits"]
-        self.attention_pow = float(config["attention_pow"])
+        self.attention_pow = config["attention_pow"]
         super().__init__(config, dataset)
 
         # layers
@@ -41,14 +53,23 @@ class MIND(InterestRecommender):
 
     def _check_config(self):
         super()._check_config()
+        if not _is_int(self.interest_num):
+            self._config_error("interest_num", f"interest_num (K) must be an integer, got {self.interest_num!r}")
         if self.interest_num < 1:
-            raise ValueError(f"interest_num (K) must be >= 1, got {self.interest_num}")
-        if self.routing_iterations < 1:
-            raise ValueError(f"routing_iterations must be >= 1, got {self.routing_iterations}")
-        if not self.attention_pow > 0:
-            raise ValueError(f"attention_pow (p) must be > 0 (or inf for hard attention), got {self.attention_pow}")
-        if self.routing_init_std < 0:
-            raise ValueError(f"routing_init_std must be >= 0, got {self.routing_init_std}")
+            self._config_error("interest_num", f"interest_num (K) must be >= 1, got {self.interest_num}")
+        self._require_int("routing_iterations", self.routing_iterations, 1)
+        power = _to_float(self.attention_pow)
+        if power is None or not power > 0:
+            self._config_error(
+                "attention_pow",
+                f"attention_pow (p) must be > 0 (or .inf for hard attention), got {self.attention_pow!r}",
+            )
+        self.attention_pow = power
+        if not _is_number(self.routing_init_std) or not self.routing_init_std >= 0:
+            self._config_error("routing_init_std", f"routing_init_std must be >= 0, got {self.routing_init_std!r}")
+        for key in ("fixed_routing_init", "routing_detach_logits"):
+            if not isinstance(getattr(self, key), bool):
+                self._config_error(key, f"{key} must be True or False, got {getattr(self, key)!r}")
 
     def extract_interests(self, history, seq_mask, item_seq_len):
         interest_mask = interest_count_mask(item_seq_len, self.interest_num)  # [B K]
