@@ -1,0 +1,272 @@
+"""Train and evaluate every model on one dataset, one split, one evaluation: ``mind-recbole compare``.
+
+Each (model, seed) gets up to two trainings:
+
+* **leave-one-out** (the dataset's config, e.g. ``configs/amazon-beauty.yaml``): early stopping
+  on validation, then the test split scored twice: full ranking over the catalogue (``full``) and
+  the target among 100 uniformly sampled negatives (``sampled``, RecBole's ``uni100``, the same
+  negatives for every model). CTR models (DIN) score (user, item) pairs only: they validate on
+  the sampled protocol and have no full-ranking result.
+* **multi-interest** (:mod:`mind_recbole.evaluation.multi_interest`, ComiRec's protocol): users
+  split 8/1/1, held-out users' first 80 % as history, the rest as targets; every model that ranks
+  the catalogue from a history takes part.
+
+Every run is written to ``OUT/DATASET-runs/MODEL-PROTOCOL-seedSEED.json`` with a hash of its
+configuration; a later ``compare`` reuses a run whose hash matches, so an interrupted comparison
+resumes where it stopped and a changed config is retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mind_recbole.quick_start import build_config, time_training_epochs
+
+DEFAULT_MODELS = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
+CTR_MODELS = ("DIN",)  # RecBole's DIN scores given (user, item) pairs: no full ranking
+PROTOCOL_GROUPS = ("leave_one_out", "multi_interest")
+COMPARE_PROPERTIES = Path(__file__).resolve().parents[1] / "properties" / "compare"
+SAMPLED_MODE = "uni100"
+
+
+@dataclass
+class RunRecord:
+    """One training of one model with one seed, and what it measured."""
+
+    model: str
+    dataset: str
+    seed: int
+    group: str  # leave_one_out or multi_interest
+    config_hash: str
+    config_files: list[str]
+    results: dict = field(default_factory=dict)  # protocol -> metric -> value (test split)
+    best_valid: dict = field(default_factory=dict)
+    valid_scores: list = field(default_factory=list)  # valid_metric after each validation
+    valid_metric: str = ""
+    eval_step: int = 1
+    epoch_seconds: list = field(default_factory=list)
+    parameters: int = 0
+    diagnostics: dict = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    saved_model_file: str | None = None
+
+    @property
+    def epochs(self):
+        return len(self.epoch_seconds)
+
+    @property
+    def best_epoch(self):
+        """1-based epoch of the best validation score (None without validation)."""
+        if not self.valid_scores:
+            return None
+        best = max(range(len(self.valid_scores)), key=self.valid_scores.__getitem__)
+        return (best + 1) * self.eval_step
+
+    @property
+    def seconds_per_epoch(self):
+        return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else None
+
+    def to_json(self):
+        return {**asdict(self), "epochs": self.epochs, "best_epoch": self.best_epoch,
+                "seconds_per_epoch": self.seconds_per_epoch}
+
+    @classmethod
+    def from_json(cls, payload):
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+def model_config_files(dataset, model, config_dir):
+    """The harness defaults for ``model`` (e.g. DIN's training negatives), then ``CONFIG_DIR/DATASET/MODEL.yaml``."""
+    files = [COMPARE_PROPERTIES / f"{model}.yaml", Path(config_dir) / dataset / f"{model}.yaml"]
+    return [f for f in files if f.is_file()]
+
+
+def config_hash(model, dataset, seed, group, config_files, overrides):
+    """Hash of everything that defines a run: names, seed, the config files' text, overrides."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([model, dataset, seed, group, overrides], sort_keys=True, default=str).encode())
+    for file in config_files:
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def leave_one_out_config(model, dataset, config_files, seed, overrides, sampled=False):
+    """The RecBole config of a leave-one-out run (``sampled``: the same with ``uni100`` evaluation)."""
+    config = build_config(model, dataset, config_files, {"seed": seed, **overrides})
+    if not (sampled or model in CTR_MODELS):
+        return config
+    eval_args = {**config["eval_args"], "mode": SAMPLED_MODE}
+    return build_config(model, dataset, config_files, {"seed": seed, **overrides, "eval_args": eval_args})
+
+
+def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, category_field):
+    """Train with early stopping on validation; score the test split on both protocols."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from mind_recbole.evaluation.diagnostics import interest_diagnostics, item_categories
+
+    config = leave_one_out_config(model_name, dataset_name, config_files, seed, overrides)
+    record, trainer, dataset, (train_data, valid_data, test_data) = _train(config, create_dataset, data_preparation)
+    if model_name not in CTR_MODELS:
+        record.results["full"] = _floats(trainer.evaluate(test_data, load_best_model=True))
+        categories = item_categories(dataset, category_field)
+        record.diagnostics = interest_diagnostics(trainer.model, test_data, categories)
+        sampled_config = leave_one_out_config(model_name, dataset_name, config_files, seed, overrides, sampled=True)
+        sampled_test = sampled_test_loader(sampled_config, dataset, (train_data, valid_data, test_data))
+    else:
+        sampled_test = test_data
+    init_seed(seed, True)  # the same sampled negatives for every model
+    record.results["sampled"] = _floats(trainer.evaluate(sampled_test, load_best_model=model_name in CTR_MODELS))
+    return record
+
+
+def sampled_test_loader(sampled_config, dataset, loaders):
+    """The test split of ``loaders`` with ``uni100`` negatives (RecBole's ``data_preparation`` steps,
+    reusing the already built splits: ``Dataset.build`` cannot run twice)."""
+    from recbole.data.utils import create_samplers, get_dataloader
+
+    built = [loader._dataset for loader in loaders]
+    _, _, test_sampler = create_samplers(sampled_config, dataset, built)
+    return get_dataloader(sampled_config, "test")(sampled_config, built[2], test_sampler, shuffle=False)
+
+
+def run_multi_interest(model_name, dataset_name, config_files, seed, overrides):
+    """ComiRec's protocol: train on 80 % of the users, early-stop on 10 %, test on the other 10 %."""
+    import torch
+    from recbole.data import create_dataset, data_preparation
+
+    from mind_recbole.evaluation import multi_interest
+
+    base = build_config(model_name, dataset_name, config_files, {"seed": seed, **overrides})
+    root = Path(base["data_path"]).parent
+    sequences = multi_interest.read_sequences(
+        Path(base["data_path"]) / f"{dataset_name}.inter",
+        base["USER_ID_FIELD"], base["ITEM_ID_FIELD"], base["TIME_FIELD"],
+    )
+    split = multi_interest.split_users(sequences, seed)
+    training_name = multi_interest.write_training_dataset(root, dataset_name, seed, split.train_users)
+    eval_args = {"split": {"RS": [1.0, 0.0, 0.0]}, "order": "TO", "group_by": "user", "mode": "full"}
+    config = build_config(
+        model_name, training_name, config_files,
+        {"seed": seed, **overrides, "data_path": str(root), "eval_args": eval_args},
+    )
+    holder = {}
+
+    def prepare(config_, dataset_):
+        train_data, _, _ = data_preparation(config_, dataset_)
+        holder["valid"] = multi_interest.HeldOutEvaluator(split.valid, dataset_, config_)
+        holder["test"] = multi_interest.HeldOutEvaluator(split.test, dataset_, config_)
+        return train_data, holder["valid"], None
+
+    def before_fit(trainer):
+        multi_interest.validate_with(trainer, holder["valid"])
+
+    record, trainer, _, _ = _train(config, create_dataset, prepare, before_fit=before_fit, group="multi_interest")
+    checkpoint = torch.load(trainer.saved_model_file, map_location=config["device"], weights_only=False)
+    trainer.model.load_state_dict(checkpoint["state_dict"])
+    trainer.model.load_other_parameter(checkpoint.get("other_parameter"))
+    record.results["multi_interest"] = holder["test"].evaluate(trainer.model)
+    record.dataset = dataset_name
+    record.diagnostics = {
+        "train_users": len(split.train_users), "valid_users": len(split.valid), "test_users": len(split.test)
+    }
+    return record
+
+
+def _train(config, create_dataset, prepare, before_fit=None, group="leave_one_out"):
+    """Build data, model and RecBole trainer from ``config`` and fit; the record and the objects."""
+    from recbole.utils import get_trainer, init_logger, init_seed
+
+    from mind_recbole.performance import apply_runtime_settings
+    from mind_recbole.registry import get_model
+
+    started = time.perf_counter()
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    apply_runtime_settings(config)
+    dataset = create_dataset(config)
+    loaders = prepare(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if before_fit:
+        before_fit(trainer)
+    record = RunRecord(
+        model=config["model"], dataset=config["dataset"], seed=config["seed"], group=group,
+        config_hash="", config_files=[], valid_metric=config["valid_metric"], eval_step=config["eval_step"],
+        parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
+    record.epoch_seconds = time_training_epochs(trainer)
+    _, best_valid = trainer.fit(
+        loaders[0], loaders[1], saved=True, show_progress=config["show_progress"],
+        callback_fn=lambda epoch, score: record.valid_scores.append(float(score)),
+    )
+    record.best_valid = _floats(best_valid or {})
+    record.saved_model_file = trainer.saved_model_file
+    record.wall_seconds = time.perf_counter() - started
+    return record, trainer, dataset, loaders
+
+
+def _floats(result):
+    return {k: float(v) for k, v in result.items()}
+
+
+def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results", groups=PROTOCOL_GROUPS,
+            overrides=None, config_dir="configs", rerun=False, category_field="category", progress=print,
+            report_only=False):
+    """Run (or reuse) every (model, seed, protocol group); return the records in run order.
+
+    ``report_only``: train nothing; runs not already in ``out`` are reported missing and left out.
+    """
+    overrides = dict(overrides or {})
+    run_dir = Path(out) / f"{dataset}-runs"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base_seed = int(overrides.pop("seed", 2020))
+    plan = [
+        (model, base_seed + i, group)
+        for group in groups for model in models for i in range(seeds)
+        if not (group == "multi_interest" and model in CTR_MODELS)
+    ]
+    records = []
+    for number, (model, seed, group) in enumerate(plan, 1):
+        files = [str(f) for f in (*config_files, *model_config_files(dataset, model, config_dir))]
+        digest = config_hash(model, dataset, seed, group, files, overrides)
+        path = run_dir / f"{model}-{group}-seed{seed}.json"
+        if not rerun and path.is_file():
+            cached = RunRecord.from_json(json.loads(path.read_text()))
+            if cached.config_hash == digest:
+                progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: reused {path}")
+                records.append(cached)
+                continue
+        if report_only:
+            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: missing (not in {run_dir}), left out")
+            continue
+        progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: training ({', '.join(files)})")
+        if group == "leave_one_out":
+            record = run_leave_one_out(model, dataset, files, seed, overrides, category_field)
+        else:
+            record = run_multi_interest(model, dataset, files, seed, overrides)
+        record.config_hash, record.config_files = digest, files
+        _write_json(path, record.to_json())
+        headline = {p: round(m.get("recall@50", float("nan")), 4) for p, m in record.results.items()}
+        progress(
+            f"[{number}/{len(plan)}] {model} {group} seed {seed}: recall@50 {headline}, "
+            f"{record.epochs} epochs in {record.wall_seconds / 60:.1f} min"
+        )
+        logging.getLogger().handlers.clear()  # RecBole's init_logger adds handlers on every run
+        records.append(record)
+    return records
+
+
+def _write_json(path, payload):
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(path)

@@ -1,0 +1,1 @@
+"""Evaluation beyond RecBole's own: the multi-interest protocol and interest diagnostics."""

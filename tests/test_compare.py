@@ -1,0 +1,90 @@
+"""``mind-recbole compare``: the report from synthetic runs, and the harness end to end on beauty-mini."""
+
+import json
+
+import pytest
+
+from mind_recbole.compare.report import aggregate, render_markdown
+from mind_recbole.compare.runner import RunRecord, config_hash
+from tests.conftest import AMAZON_CONFIG
+
+
+def record(model, seed, recall, group="leave_one_out", protocol="full"):
+    return RunRecord(
+        model=model, dataset="d", seed=seed, group=group, config_hash="h", config_files=[],
+        results={protocol: {"recall@50": recall, "ndcg@50": recall / 2}},
+        valid_scores=[0.1, 0.3, 0.2], epoch_seconds=[2.0, 4.0, 3.0], parameters=1234,
+        diagnostics={"interests": 2.0, "interest_cosine": 0.5} if model == "MIND" else {},
+    )
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds():
+    table = aggregate([record("MIND", 1, 0.2), record("MIND", 2, 0.4), record("Pop", 1, 0.1)])
+    mean, std, n = table["full"]["MIND"]["recall@50"]
+    assert (mean, n) == (pytest.approx(0.3), 2) and std == pytest.approx(0.1414, abs=1e-4)
+    assert table["full"]["Pop"]["recall@50"] == (0.1, 0.0, 1)
+
+
+def test_markdown_has_tables_leader_cost_and_diagnostics():
+    records = [record("MIND", 1, 0.2), record("MIND", 2, 0.4), record("Pop", 1, 0.1),
+               record("MIND", 1, 0.05, "multi_interest", "multi_interest"),
+               record("YouTubeDNN", 1, 0.07, "multi_interest", "multi_interest")]
+    text = render_markdown("d", records, aggregate(records), [], [("users", "3")], "mind-recbole compare", 600, None)
+    assert "| MIND | 0.3000 ± 0.1414 | 0.1500 ± 0.0707 |" in text
+    assert "| Pop | 0.1000 | 0.0500 |" in text
+    assert "First in recall@50: **MIND** (0.3000), then Pop (0.1000); MIND leads by +0.2000 (+200.0%)." in text
+    assert "First in recall@50: **YouTubeDNN** (0.0700), then MIND (0.0500); MIND 0.0500 (-28.6% against the leader)." in text
+    assert "| MIND | 3.0 | 3.0 | 2.0 | 1,234 |" in text  # 3 s per epoch, 3 epochs, best at the 2nd
+    assert "| MIND | 2.000 | 0.500 |" in text
+    assert "(5 trainings, 10 min of training and evaluation wall time" in text
+
+
+def test_config_hash_changes_with_file_contents_and_overrides(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("epochs: 1\n")
+    first = config_hash("MIND", "d", 1, "leave_one_out", [config], {})
+    assert config_hash("MIND", "d", 1, "leave_one_out", [config], {}) == first
+    assert config_hash("MIND", "d", 1, "leave_one_out", [config], {"epochs": 2}) != first
+    assert config_hash("MIND", "d", 2, "leave_one_out", [config], {}) != first
+    config.write_text("epochs: 2\n")
+    assert config_hash("MIND", "d", 1, "leave_one_out", [config], {}) != first
+
+
+SMALL = {
+    "epochs": 1, "MAX_ITEM_LIST_LENGTH": 20, "embedding_size": 16, "num_negatives": 64, "train_batch_size": 512,
+    "state": "WARNING", "use_gpu": False,
+}
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_on_beauty_mini(beauty_mini_path, tmp_path, monkeypatch):
+    from mind_recbole.compare import run_comparison
+
+    monkeypatch.chdir(tmp_path)  # RecBole writes saved/ and log/ into the working directory
+    messages = []
+    overrides = {**SMALL, "data_path": str(beauty_mini_path)}
+    paths = run_comparison(
+        "amazon-beauty-mini", ["MIND", "DIN", "Pop"], [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
+        overrides=overrides, progress=messages.append,
+    )
+    payload = json.loads(paths["json"].read_text())
+    protocols = payload["protocols"]
+    assert set(protocols["full"]) == {"MIND", "Pop"}  # DIN cannot rank the catalogue
+    assert set(protocols["sampled"]) == {"MIND", "DIN", "Pop"}
+    assert set(protocols["multi_interest"]) == {"MIND", "Pop"}
+    for protocol, by_model in protocols.items():
+        for model, metrics in by_model.items():
+            assert 0.0 <= metrics["recall@50"] <= 1.0, (protocol, model)
+    assert protocols["full"]["MIND"]["recall@50"] == protocols["full"]["MIND"]["hit@50"]  # one target per user
+    assert protocols["sampled"]["Pop"]["recall@50"] > protocols["full"]["Pop"]["recall@50"]  # 101 candidates
+    runs = {(r["model"], r["group"]): r for r in payload["runs"]}
+    assert runs[("MIND", "leave_one_out")]["diagnostics"]["interests"] >= 1.0
+    assert runs[("MIND", "multi_interest")]["diagnostics"]["test_users"] > 0
+    text = paths["md"].read_text()
+    assert "## Multi-interest protocol (ComiRec)" in text and "| users | 1,137 |" in text
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+    messages.clear()
+    run_comparison("amazon-beauty-mini", ["MIND", "DIN", "Pop"], [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
+                   overrides=overrides, progress=messages.append)
+    assert sum("reused" in m for m in messages) == 5 and not any(": training" in m for m in messages)
