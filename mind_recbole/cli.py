@@ -167,12 +167,14 @@ def prepare_amazon(args, _overrides):
     return 0
 
 
-def dataset_config_files(dataset):
-    """``configs/<dataset>.yaml`` from the working directory, else from the project checkout."""
+def dataset_config_files(dataset, model=None):
+    """``configs/<dataset>.yaml`` (from the working directory, else from the project checkout), then
+    the tuned ``configs/<dataset>/<model>.yaml`` beside it when there is one."""
     for folder in (Path.cwd() / "configs", PROJECT_CONFIGS):
         candidate = folder / f"{dataset}.yaml"
         if candidate.is_file():
-            return [candidate]
+            tuned = folder / dataset / f"{model}.yaml"
+            return [candidate] + ([tuned] if model and tuned.is_file() else [])
     return []
 
 
@@ -188,7 +190,7 @@ def train_model(args, overrides):
     from mind_recbole import compat
     from mind_recbole.distributed import run as run_distributed
 
-    config_files = args.config or dataset_config_files(args.dataset)
+    config_files = args.config or dataset_config_files(args.dataset, args.model)
     for file in config_files:
         if not Path(file).is_file():
             raise FileNotFoundError(f"config file not found: {file}")
@@ -235,6 +237,7 @@ def compare_models(args, overrides):
     paths = run_comparison(
         args.dataset, models, config_files, args.seeds, args.out, groups,
         overrides=parse_override_values(overrides), rerun=args.rerun, report_only=args.report_only,
+        config_dir=Path(config_files[0]).parent if config_files else Path("configs"),
         command="mind-recbole compare " + " ".join(args.raw_argv),
     )
     for kind, path in paths.items():

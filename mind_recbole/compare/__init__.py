@@ -37,11 +37,11 @@ def dataset_statistics(dataset, config_files, overrides=None):
 
 def run_comparison(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results",
                    groups=PROTOCOL_GROUPS, overrides=None, rerun=False, command="", progress=print,
-                   report_only=False):
+                   report_only=False, config_dir="configs"):
     """Train / reuse every run, then write ``OUT/DATASET.md``, ``.json`` and ``.png``; their paths."""
     started = time.perf_counter()
     records = compare(dataset, models, config_files, seeds, out, groups, overrides, rerun=rerun, progress=progress,
-                      report_only=report_only)
+                      report_only=report_only, config_dir=config_dir)
     if not records:
         raise ValueError(f"no runs of {dataset} in {out}: nothing to report")
     trained = sum(r.wall_seconds for r in records)

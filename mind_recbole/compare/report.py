@@ -121,8 +121,8 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
     if plot:
         lines += ["", f"![Recall@N per model]({Path(plot).name})"]
     lines += ["", "## Configuration", ""]
-    for file in _unique(list(config_files) + [f for r in records for f in r.config_files]):
-        lines += [f"`{file}`:", "", "```yaml", Path(file).read_text().rstrip(), "```", ""]
+    for file in _unique(str(Path(f).resolve()) for f in [*config_files, *(f for r in records for f in r.config_files)]):
+        lines += [f"`{_display(file)}`:", "", "```yaml", Path(file).read_text().rstrip(), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -216,6 +216,15 @@ def plot_recall(dataset, table, path):
     plt.close(figure)
     temporary.replace(path)
     return path
+
+
+def _display(file):
+    """A config path relative to the working directory when it lies below it."""
+    path = Path(file).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(file)
 
 
 def _unique(items):
