@@ -37,6 +37,9 @@ def test_markdown_has_tables_leader_cost_and_diagnostics():
     assert "| MIND | 3.0 | 3.0 | 2.0 | 1,234 |" in text  # 3 s per epoch, 3 epochs, best at the 2nd
     assert "| MIND | 2.000 | 0.500 |" in text
     assert "(5 trainings, 10 min of training and evaluation wall time" in text
+    assert "Not in these tables" not in text
+    partial = render_markdown("d", records, aggregate(records), [], [], "c", 60, None, ["DIN (leave_one_out)"])
+    assert "**Not in these tables** (asked for, no finished run in `d-runs/`): DIN (leave_one_out)." in partial
 
 
 def test_config_hash_changes_with_file_contents_and_overrides(tmp_path):
@@ -45,6 +48,7 @@ def test_config_hash_changes_with_file_contents_and_overrides(tmp_path):
     first = config_hash("MIND", "d", 1, "leave_one_out", [config], {})
     assert config_hash("MIND", "d", 1, "leave_one_out", [config], {}) == first
     assert config_hash("MIND", "d", 1, "leave_one_out", [config], {"epochs": 2}) != first
+    assert config_hash("MIND", "d", 1, "leave_one_out", [config], {"torch_threads": 1, "state": "INFO"}) == first
     assert config_hash("MIND", "d", 2, "leave_one_out", [config], {}) != first
     config.write_text("epochs: 2\n")
     assert config_hash("MIND", "d", 1, "leave_one_out", [config], {}) != first

@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 
 from mind_recbole.compare.report import write_report
-from mind_recbole.compare.runner import DEFAULT_MODELS, PROTOCOL_GROUPS, compare
+from mind_recbole.compare.runner import CTR_MODELS, DEFAULT_MODELS, PROTOCOL_GROUPS, compare
 
 __all__ = ["DEFAULT_MODELS", "PROTOCOL_GROUPS", "compare", "dataset_statistics", "run_comparison"]
 
@@ -46,6 +46,11 @@ def run_comparison(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out
         raise ValueError(f"no runs of {dataset} in {out}: nothing to report")
     trained = sum(r.wall_seconds for r in records)
     rows = dataset_statistics(dataset, config_files, overrides)
-    paths = write_report(dataset, records, out, config_files, rows, command, trained)
+    done = {(r.model, r.group, r.seed) for r in records}
+    seed_list = sorted({r.seed for r in records})
+    missing = [f"{m} ({g})" for g in groups for m in models
+               if m not in CTR_MODELS or g != "multi_interest"
+               if any((m, g, s) not in done for s in seed_list)]
+    paths = write_report(dataset, records, out, config_files, rows, command, trained, missing)
     progress(f"compare: {len(records)} runs, {(time.perf_counter() - started) / 60:.1f} min in this call")
     return paths

@@ -66,7 +66,7 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
-def write_report(dataset, records, out, config_files, statistics_rows, command, elapsed_seconds):
+def write_report(dataset, records, out, config_files, statistics_rows, command, elapsed_seconds, missing=()):
     """Write the three files; return their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def write_report(dataset, records, out, config_files, statistics_rows, command, 
         "png": plot_recall(dataset, table, out / f"{dataset}.png"),
     }
     markdown = render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds,
-                               paths["png"])
+                               paths["png"], missing)
     paths["md"] = _write(out / f"{dataset}.md", markdown)
     return paths
 
@@ -92,7 +92,8 @@ def _json_payload(dataset, records, table):
     }
 
 
-def render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds, plot):
+def render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds, plot,
+                    missing=()):
     seeds = sorted({r.seed for r in records})
     lines = [
         f"# {dataset}: MIND against the baselines",
@@ -102,9 +103,10 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
         "tables give mean ± std over seeds. Each run's raw numbers are in "
         f"`{dataset}-runs/`, all of them in `{dataset}.json`.",
         "",
-        "## Setting",
-        "",
     ]
+    if missing:
+        lines += [f"**Not in these tables** (asked for, no finished run in `{dataset}-runs/`): {', '.join(missing)}.", ""]
+    lines += ["## Setting", ""]
     for protocol, text in PROTOCOL_TEXT.items():
         if protocol in table:
             lines += [f"- **{PROTOCOLS[protocol]}**: {text}"]

@@ -33,6 +33,9 @@ CTR_MODELS = ("DIN",)  # RecBole's DIN scores given (user, item) pairs: no full 
 PROTOCOL_GROUPS = ("leave_one_out", "multi_interest")
 COMPARE_PROPERTIES = Path(__file__).resolve().parents[1] / "properties" / "compare"
 SAMPLED_MODE = "uni100"
+# Settings that change speed or logging, not results: left out of a run's hash, so a run trained
+# with one torch thread is reused by a comparison run with two.
+RUNTIME_KEYS = ("torch_threads", "malloc_tuning", "show_progress", "state")
 
 
 @dataclass
@@ -89,7 +92,9 @@ def model_config_files(dataset, model, config_dir):
 
 
 def config_hash(model, dataset, seed, group, config_files, overrides):
-    """Hash of everything that defines a run: names, seed, the config files' text, overrides."""
+    """Hash of everything that defines a run: names, seed, the config files' text, overrides
+    (except :data:`RUNTIME_KEYS`)."""
+    overrides = {k: v for k, v in overrides.items() if k not in RUNTIME_KEYS}
     digest = hashlib.sha256()
     digest.update(json.dumps([model, dataset, seed, group, overrides], sort_keys=True, default=str).encode())
     for file in config_files:
