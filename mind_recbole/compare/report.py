@@ -118,7 +118,9 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
             best = _leader(table[protocol], "recall@50")
             if best:
                 lines += ["", best]
-    lines += ["", "## Training cost (leave-one-out runs)", "", *_cost_table(records)]
+    lines += ["", "## Training cost (leave-one-out runs)", "", *_cost_table(records), "",
+              "Seconds per epoch are the wall time each run saw; runs that shared the machine with others "
+              "are slower than alone (clean speed figures come from `benchmarks/`)."]
     lines += ["", "## Interest diagnostics (leave-one-out test users)", "", *_diagnostics_table(records)]
     if plot:
         lines += ["", f"![Recall@N per model]({Path(plot).name})"]
