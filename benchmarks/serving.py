@@ -223,16 +223,20 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-def machine_line():
-    usable = usable_cores()
-    model = platform.processor() or platform.machine()
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line():
+    usable = usable_cores()
+    model = cpu_model()
     try:
         load = ", load average %.2f %.2f %.2f at the end" % os.getloadavg()
     except OSError:

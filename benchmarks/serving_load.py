@@ -52,7 +52,7 @@ if str(PROJECT_ROOT) not in sys.path:
 
 from export.retrieval import max_over_interests_topk  # noqa: E402  (numpy only)
 from export.runtime import UserTower  # noqa: E402  (onnxruntime + numpy only)
-from serving import table  # noqa: E402  (benchmarks/serving.py: the markdown table of both reports)
+from serving import cpu_model, table, usable_cores  # noqa: E402  (benchmarks/serving.py, shared by both reports)
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
 
@@ -88,8 +88,8 @@ def make_requests(tower, count, min_len, max_len, seed=1):
 
 def serve(tower, catalogue, history, topk):
     """One request: encode the history, exact top-``topk`` over ``catalogue`` without the history's items."""
-    interests, mask = tower.encode([history])
-    seen = [tower.item_index[token] for token in history]
+    seen = [tower.item_index[token] for token in history]  # one lookup serves the tower and the exclusion
+    interests, mask = tower.encode_ids([seen])
     return max_over_interests_topk(interests, mask, catalogue, topk, exclude=[seen])
 
 
@@ -164,15 +164,7 @@ def uptime():
 
 
 def machine_line():
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model, usable = cpu_model(), usable_cores()
     env = {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}
     return f"{model}; os.cpu_count()={os.cpu_count()}, usable cores {usable}; thread env {env or 'none set'}"
 

@@ -101,3 +101,13 @@ class ItemIdError(InputError):
     def __init__(self, message, rows=(), first=None):
         self.first = first
         super().__init__(message, rows)
+
+
+MAX_LISTED = 20  # rows / tokens named in one error message
+
+
+def listed(items, limit=MAX_LISTED):
+    """``'a, b, c'`` with at most ``limit`` items, then ``' and N more'`` (for error messages)."""
+    items = [str(item) for item in items]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

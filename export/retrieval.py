@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from export.artifacts import InputError, ItemIdError
+from export.artifacts import InputError, ItemIdError, listed
 
 FAISS_HINT = "faiss is not installed: pip install mind-recbole[faiss] (or pip install faiss-cpu)"
 
@@ -58,8 +58,7 @@ def _check_inputs(interests, mask):
         raise ValueError("every user needs at least one active interest (a mask row is all False)")
     broken = np.nonzero((~np.isfinite(interests).all(axis=2) & mask).any(axis=1))[0]
     if broken.size:
-        shown = ", ".join(map(str, broken[:20].tolist())) + (f" and {broken.size - 20} more" if broken.size > 20 else "")
-        raise InputError(f"active interests hold NaN or inf in row(s) {shown}", rows=broken)
+        raise InputError(f"active interests hold NaN or inf in row(s) {listed(broken.tolist())}", rows=broken)
     return interests, mask
 
 
@@ -78,7 +77,7 @@ def _exclusion_pairs(exclude, batch_size, n_items):
         rows.append(np.full(ids.shape, row, np.int64))
         cols.append(ids)
     if bad:
-        shown = ", ".join(f"user {r} has {v}" for r, _, v in bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
+        shown = listed(f"user {r} has {v}" for r, _, v in bad)
         raise ItemIdError(f"exclude: item id(s) outside 0..{n_items - 1}: {shown}", rows=[r for r, _, _ in bad], first=bad[0])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     order = np.argsort(cols, kind="stable")

@@ -53,13 +53,20 @@ import numpy as np
 import onnxruntime as ort
 
 from export import artifacts as A
-from export.artifacts import ArtifactError, EmptyHistoryError, InputError, ItemIdError, UnknownItemError
+from export.artifacts import (
+    MAX_LISTED,
+    ArtifactError,
+    EmptyHistoryError,
+    InputError,
+    ItemIdError,
+    UnknownItemError,
+    listed,
+)
 
 PROVIDERS = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 UNKNOWN_POLICIES = ("error", "skip")
-MAX_LISTED = 20  # rows / tokens named in one error message
 FINITE_CHECK_ROWS = 1 << 16  # rows of item_embeddings.npy scanned per step for NaN / inf
 
 __all__ = [
@@ -91,13 +98,6 @@ def select_providers(provider="auto", strict=False):
             raise RuntimeError(message)
         warnings.warn(message + "; running on CPU", ProviderFallbackWarning, stacklevel=3)
     return [CPU]
-
-
-def _listed(items, limit=MAX_LISTED):
-    """``'a, b, c'`` with at most ``limit`` items, then ``' and N more'``."""
-    items = [str(item) for item in items]
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -197,11 +197,12 @@ def load_tokens(path):
         raise ArtifactError(path, "expected a JSON list of string tokens (index = internal id)")
     if len(tokens) < 2:
         raise ArtifactError(path, f"has {len(tokens)} token(s); expected [PAD] and at least one item")
-    seen = {}
-    for index, token in enumerate(tokens):
-        if token in seen:
-            raise ArtifactError(path, f"token {token!r} appears twice (ids {seen[token]} and {index})", field=index)
-        seen[token] = index
+    if len(set(tokens)) != len(tokens):  # name the first duplicate only when there is one
+        seen = {}
+        for index, token in enumerate(tokens):
+            if token in seen:
+                raise ArtifactError(path, f"token {token!r} appears twice (ids {seen[token]} and {index})", field=index)
+            seen[token] = index
     return tokens
 
 
@@ -215,12 +216,11 @@ def non_finite_rows(array, chunk_rows=FINITE_CHECK_ROWS):
     return bad
 
 
-def read_item_vectors(path, n_items, dim, mmap=False, check_finite=True, tokens=None, tokens_file=A.ITEM_TOKENS_FILE,
-                      onnx_file=A.ONNX_FILE):
+def read_item_vectors(path, n_items, dim, mmap=False, check_finite=True, tokens=None, tokens_file=A.ITEM_TOKENS_FILE):
     """``item_embeddings.npy`` as a read-only ``[n_items, dim]`` float array, checked.
 
     :class:`ArtifactError` naming the file if it cannot be read, is not a 2-D float array of that
-    shape (``n_items`` comes from ``tokens_file``, ``dim`` from ``onnx_file``'s metadata), or, with
+    shape (``n_items`` comes from ``tokens_file``, ``dim`` from the ONNX file's metadata), or, with
     ``check_finite``, has NaN / inf in some row (the rows, and their ``tokens`` when given, are named).
     """
     path = Path(path)
@@ -241,7 +241,7 @@ def read_item_vectors(path, n_items, dim, mmap=False, check_finite=True, tokens=
     if vectors.shape[1] != dim:
         raise ArtifactError(
             path,
-            f"has {vectors.shape[1]} columns but {onnx_file} has embedding_size {dim}: the files come from different models",
+            f"has {vectors.shape[1]} columns but {A.ONNX_FILE} has embedding_size {dim}: the files come from different models",
             field=A.META_EMBEDDING_SIZE,
         )
     if check_finite:
@@ -249,7 +249,7 @@ def read_item_vectors(path, n_items, dim, mmap=False, check_finite=True, tokens=
         if bad:
             named = [f"{row} ({tokens[row]!r})" if tokens is not None else str(row) for row in bad]
             raise ArtifactError(
-                path, f"{len(bad)} row(s) hold NaN or inf: row {_listed(named)}; re-export the model", field=bad[0]
+                path, f"{len(bad)} row(s) hold NaN or inf: row {listed(named)}; re-export the model", field=bad[0]
             )
     if not mmap:
         vectors.flags.writeable = False  # shared by every request (and thread): nobody may change it
@@ -411,8 +411,8 @@ class UserTower:
             )
         if unknown and on_unknown == "error":
             raise UnknownItemError(
-                f"{len(unknown)} unknown item token(s): {_listed(repr(t) for t in unknown)} (first seen in history "
-                f"{min(unknown.values())}; histories {_listed(sorted(unknown_rows))}); pass on_unknown='skip' "
+                f"{len(unknown)} unknown item token(s): {listed(repr(t) for t in unknown)} (first seen in history "
+                f"{min(unknown.values())}; histories {listed(sorted(unknown_rows))}); pass on_unknown='skip' "
                 "(CLI: --skip-unknown) to drop them",
                 tokens=unknown,
                 rows=unknown_rows,
@@ -432,7 +432,7 @@ class UserTower:
             ids.append(user)
         if unknown and on_unknown == "error":
             raise ValueError(
-                f"unknown user token(s): {_listed(map(repr, unknown))}; pass on_unknown='skip' to embed "
+                f"unknown user token(s): {listed(map(repr, unknown))}; pass on_unknown='skip' to embed "
                 "them without a profile"
             )
         return np.asarray(ids, dtype=np.int64)
@@ -462,13 +462,13 @@ class UserTower:
             checked.append(ids[-self.max_seq_length :])
         if empty:
             raise EmptyHistoryError(
-                f"history {_listed(empty)} {'is' if len(empty) == 1 else 'are'} empty; a user needs at least one item",
+                f"history {listed(empty)} {'is' if len(empty) == 1 else 'are'} empty; a user needs at least one item",
                 rows=empty,
             )
         if bad:
             raise ItemIdError(
                 f"item id(s) out of range 1..{self.n_items - 1} (0 is padding): "
-                + _listed(f"history {r} position {p} has {v}" for r, p, v in bad),
+                + listed(f"history {r} position {p} has {v}" for r, p, v in bad),
                 rows=[r for r, _, _ in bad],
                 first=bad[0],
             )
@@ -494,7 +494,7 @@ class UserTower:
         if bad_len.size:
             raise EmptyHistoryError(
                 f"every item_seq_len must be in 1..seq_len={seq_len}: "
-                + _listed(f"row {r} has {int(item_seq_len[r])}" for r in bad_len),
+                + listed(f"row {r} has {int(item_seq_len[r])}" for r in bad_len),
                 rows=bad_len,
             )
         inside = np.arange(seq_len)[None, :] < item_seq_len[:, None]
@@ -503,7 +503,7 @@ class UserTower:
             rows, cols = np.nonzero(outside_range)
             raise ItemIdError(
                 f"item id(s) out of range 1..{self.n_items - 1} (0 is padding) in item_seq: "
-                + _listed(f"row {r} position {c} has {int(item_seq[r, c])}" for r, c in zip(rows, cols)),
+                + listed(f"row {r} position {c} has {int(item_seq[r, c])}" for r, c in zip(rows, cols)),
                 rows=rows,
                 first=(int(rows[0]), int(cols[0]), int(item_seq[rows[0], cols[0]])),
             )
@@ -512,7 +512,7 @@ class UserTower:
             rows, cols = np.nonzero(padding)
             raise InputError(
                 "item_seq must be left-aligned with 0 after each row's item_seq_len: "
-                + _listed(
+                + listed(
                     f"row {r} position {c} (item_seq_len {int(item_seq_len[r])}) has {int(item_seq[r, c])}"
                     for r, c in zip(rows, cols)
                 ),
@@ -521,22 +521,30 @@ class UserTower:
         if self.uses_user_id:
             if user_id is None:
                 raise ValueError("this model embeds user profile fields: pass users (or user_id)")
-            user_id = np.ascontiguousarray(user_id, dtype=np.int64)
-            if user_id.shape != (batch,):
-                raise InputError(f"user_id must be [B] = ({batch},), got {user_id.shape}")
-            bad_user = np.nonzero((user_id < 0) | (user_id >= self.n_users))[0]
-            if bad_user.size:
-                raise ItemIdError(
-                    f"user id(s) out of range 0..{self.n_users - 1} (0: no profile): "
-                    + _listed(f"row {r} has {int(user_id[r])}" for r in bad_user),
-                    rows=bad_user,
-                    first=(int(bad_user[0]), 0, int(user_id[bad_user[0]])),
-                )
+            user_id = self.check_user_ids(user_id, batch)
         return item_seq, item_seq_len, user_id
+
+    def check_user_ids(self, user_id, batch):
+        """``user_id`` as a ``[batch]`` int64 array of ids in ``0 .. n_users - 1`` (0: no profile), checked."""
+        user_id = np.ascontiguousarray(user_id, dtype=np.int64)
+        if user_id.shape != (batch,):
+            raise InputError(f"user_id must be [B] = ({batch},), got {user_id.shape}")
+        bad_user = np.nonzero((user_id < 0) | (user_id >= self.n_users))[0]
+        if bad_user.size:
+            raise ItemIdError(
+                f"user id(s) out of range 0..{self.n_users - 1} (0: no profile): "
+                + listed(f"row {r} has {int(user_id[r])}" for r in bad_user),
+                rows=bad_user,
+                first=(int(bad_user[0]), 0, int(user_id[bad_user[0]])),
+            )
+        return user_id
 
     def run(self, item_seq, item_seq_len, user_id=None):
         """One session call on internal ids: ``item_seq`` ``[B, L]`` (left-aligned, 0-padded), checked first."""
-        item_seq, item_seq_len, user_id = self.check_batch(item_seq, item_seq_len, user_id)
+        return self._infer(*self.check_batch(item_seq, item_seq_len, user_id))
+
+    def _infer(self, item_seq, item_seq_len, user_id):
+        """The session call on a batch already in :meth:`check_batch`'s form; NaN outputs are an error."""
         feed = {A.INPUT_ITEM_SEQ: item_seq, A.INPUT_ITEM_SEQ_LEN: item_seq_len}
         if self.uses_user_id:
             feed[A.INPUT_USER_ID] = user_id
@@ -545,7 +553,7 @@ class UserTower:
         if broken.size:
             raise ArtifactError(
                 self.onnx_path,
-                f"the graph returned NaN / inf interests for batch row(s) {_listed(broken.tolist())}; the graph is "
+                f"the graph returned NaN / inf interests for batch row(s) {listed(broken.tolist())}; the graph is "
                 "broken (re-export with `mind-recbole export`, which checks parity)",
                 field=A.OUTPUT_INTERESTS,
             )
@@ -566,13 +574,17 @@ class UserTower:
         ``user_ids``: internal user ids, one per history, for profile models. Sessions run
         ``batch_size`` users at a time, each batch padded to its own longest history.
         """
-        sequences = self.check_ids(sequences)
+        return self._encode(self.check_ids(sequences), user_ids, batch_size)
+
+    def _encode(self, sequences, user_ids, batch_size):
+        """:meth:`encode_ids` on histories already checked and truncated (by :meth:`check_ids` or
+        :meth:`item_ids`): padded batches go straight to the session, no second check."""
         if not sequences:
             raise InputError("no histories to encode")
         if self.uses_user_id:
             if user_ids is None or len(user_ids) != len(sequences):
                 raise ValueError(f"this model embeds user profile fields: pass users, one per history ({len(sequences)})")
-            user_ids = np.asarray(user_ids, dtype=np.int64)
+            user_ids = self.check_user_ids(user_ids, len(sequences))
         interests = np.empty((len(sequences), self.interest_num, self.embedding_size), dtype=np.float32)
         mask = np.empty((len(sequences), self.interest_num), dtype=bool)
         batch_size = max(1, int(batch_size))
@@ -580,7 +592,7 @@ class UserTower:
             stop = start + batch_size
             item_seq, lengths = self.pad(sequences[start:stop])
             batch_users = None if user_ids is None else user_ids[start:stop]
-            interests[start:stop], mask[start:stop] = self.run(item_seq, lengths, batch_users)
+            interests[start:stop], mask[start:stop] = self._infer(item_seq, lengths, batch_users)
         return interests, mask
 
     def encode(self, histories, users=None, batch_size=256, on_unknown="error"):
@@ -597,4 +609,4 @@ class UserTower:
             if users is None or len(users) != len(sequences):
                 raise ValueError(f"this model embeds user profile fields: pass users, one per history ({len(sequences)})")
             user_ids = self.user_ids(users, on_unknown=on_unknown)
-        return self.encode_ids(sequences, user_ids, batch_size)
+        return self._encode(sequences, user_ids, batch_size)  # item_ids returned known, truncated ids

@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_MODELS_TEXT = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUICKSTART_CONFIG = Path(__file__).resolve().parent / "properties" / "quickstart-ml-100k.yaml"
 
@@ -36,6 +35,8 @@ def main(argv=None):
 
 
 def build_parser():
+    from mind_recbole.compare.runner import DEFAULT_MODELS  # no torch, no RecBole at import
+    from mind_recbole.distributed import DEFAULT_PORT
     parser = argparse.ArgumentParser(prog="mind-recbole", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -80,7 +81,7 @@ def build_parser():
     distributed.add_argument("--nproc", type=int, default=1, help="processes on this machine (default 1)")
     distributed.add_argument("--world-size", type=int, default=-1, help="processes on all machines (default: --nproc)")
     distributed.add_argument("--ip", default="localhost", help="address of the machine running rank 0 (default localhost)")
-    distributed.add_argument("--port", default="5678", help="free TCP port on rank 0's machine (default 5678)")
+    distributed.add_argument("--port", default=DEFAULT_PORT, help=f"free TCP port on rank 0's machine (default {DEFAULT_PORT})")
     distributed.add_argument(
         "--group-offset", type=int, default=0, help="rank of this machine's first process (0 on rank 0's machine)"
     )
@@ -98,8 +99,8 @@ def build_parser():
     )
     compare.add_argument("--dataset", required=True, help="dataset name (atomic files in data_path/NAME/)")
     compare.add_argument(
-        "--models", default=",".join(DEFAULT_MODELS_TEXT),
-        help=f"comma-separated models (default {','.join(DEFAULT_MODELS_TEXT)})",
+        "--models", default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated models (default {','.join(DEFAULT_MODELS)})",
     )
     compare.add_argument(
         "--config", action="append", default=[], type=Path,
@@ -173,9 +174,20 @@ def dataset_config_files(dataset, model=None):
     for folder in (Path.cwd() / "configs", PROJECT_CONFIGS):
         candidate = folder / f"{dataset}.yaml"
         if candidate.is_file():
-            tuned = folder / dataset / f"{model}.yaml"
-            return [candidate] + ([tuned] if model and tuned.is_file() else [])
+            from mind_recbole.compare.runner import tuned_config_file
+
+            tuned = tuned_config_file(folder, dataset, model) if model else None
+            return [candidate] + ([tuned] if tuned else [])
     return []
+
+
+def chosen_config_files(args, model=None):
+    """``--config`` files, else the dataset's (and the model's tuned) files; each must exist."""
+    config_files = args.config or dataset_config_files(args.dataset, model)
+    for file in config_files:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"config file not found: {file}")
+    return config_files
 
 
 def parse_overrides(overrides):
@@ -190,10 +202,7 @@ def train_model(args, overrides):
     from mind_recbole import compat
     from mind_recbole.distributed import run as run_distributed
 
-    config_files = args.config or dataset_config_files(args.dataset, args.model)
-    for file in config_files:
-        if not Path(file).is_file():
-            raise FileNotFoundError(f"config file not found: {file}")
+    config_files = chosen_config_files(args, args.model)
     # RecBole reads --key=value overrides from sys.argv itself, with its own type conversion.
     sys.argv = [sys.argv[0]] + parse_overrides(overrides)
     compat.apply()
@@ -222,10 +231,7 @@ def train_model(args, overrides):
 def compare_models(args, overrides):
     from mind_recbole.compare import PROTOCOL_GROUPS, run_comparison
 
-    config_files = args.config or dataset_config_files(args.dataset)
-    for file in config_files:
-        if not Path(file).is_file():
-            raise FileNotFoundError(f"config file not found: {file}")
+    config_files = chosen_config_files(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     groups = [p.strip() for p in args.protocols.split(",") if p.strip()]
     unknown = [p for p in groups if p not in PROTOCOL_GROUPS]

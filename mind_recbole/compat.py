@@ -228,11 +228,10 @@ def _patch_distributed_cpu():
 
     def init_device_with_gloo_on_cpu(self):
         config = self.final_config_dict
+        gpu_id = config["gpu_id"]  # normalised as RecBole's _init_device does (it accepts the string)
+        config["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
         if "local_rank" not in config or _distributed_run_uses_cuda(config):
             return init_device(self)  # single process, or GPUs: RecBole's own code (nccl)
-        if isinstance(config["gpu_id"], tuple):  # as RecBole normalises it
-            config["gpu_id"] = ",".join(map(str, config["gpu_id"]))
-        config["gpu_id"] = str(config["gpu_id"])
         torch.distributed.init_process_group(
             backend="gloo",
             rank=config["local_rank"] + config["offset"],
@@ -251,12 +250,10 @@ def _patch_distributed_cpu():
 
 
 def _distributed_run_uses_cuda(config):
-    """RecBole's own device rule (a non-empty gpu_id and CUDA), and ``use_gpu`` not False."""
+    """RecBole's own device rule (a non-empty gpu_id string and CUDA), and ``use_gpu`` not False."""
     import torch
 
-    gpu_id = config["gpu_id"]
-    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
-    return bool(gpu_id) and torch.cuda.is_available() and config.get("use_gpu", True) is not False
+    return bool(config["gpu_id"]) and torch.cuda.is_available() and config.get("use_gpu", True) is not False
 
 
 def _distributed_data_parallel(module, device_ids=None, **kwargs):

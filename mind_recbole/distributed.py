@@ -19,7 +19,6 @@ The few RecBole fixes a CPU run needs (the gloo backend instead of a hard-coded 
 """
 
 import re
-import socket
 
 DEFAULT_PORT = "5678"  # RecBole's default
 
@@ -122,13 +121,6 @@ def _worker(local_rank, model, dataset, config_file_list, config_dict, options, 
         resume=options["resume"],
         queue=queue,
     )
-
-
-def free_port():
-    """A TCP port free on this machine now (for tests and several runs on one machine)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("localhost", 0))
-        return str(sock.getsockname()[1])
 
 
 def is_distributed(config):

@@ -69,36 +69,16 @@ def run_recbole(
     """
     config = build_config(model, dataset, config_file_list, config_dict)
 
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import get_trainer, init_logger, init_seed, set_color
+    from recbole.utils import set_color
 
     from mind_recbole import distributed
-    from mind_recbole.performance import apply_runtime_settings
-    from mind_recbole.registry import get_model
 
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = logging.getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
-    distributed.share_cores(config)
-    apply_runtime_settings(config)
-
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    logger.info(model)
-
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    dataset, (train_data, valid_data, test_data), trainer = prepare_training(config)
     distributed.share_checkpoint_file(trainer)
     install_training_state(trainer, train_data, dataset)
     if resume is not None:
         resume_training(trainer, resume, train_data, dataset)
-    epoch_seconds = time_training_epochs(trainer)
-    epoch_losses = record_training_losses(trainer)
+    epoch_seconds, epoch_losses = record_training_epochs(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -108,6 +88,7 @@ def run_recbole(
         test_result = trainer.evaluate(
             test_data, load_best_model=saved, show_progress=config["show_progress"]
         )
+    logger = logging.getLogger()
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
     result = {
@@ -123,33 +104,54 @@ def run_recbole(
     return result
 
 
-def time_training_epochs(trainer):
-    """Record the wall time of each training epoch (validation excluded) in the returned list."""
-    seconds = []
-    train_epoch = trainer._train_epoch
+def prepare_training(config, prepare_data=None):
+    """Seeds, logging, runtime settings, dataset, data loaders, model and RecBole trainer for ``config``.
 
-    def timed_train_epoch(*args, **kwargs):
-        start = time.perf_counter()
-        loss = train_epoch(*args, **kwargs)
-        seconds.append(time.perf_counter() - start)
-        return loss
+    Returns ``(dataset, loaders, trainer)``; ``loaders`` is what ``prepare_data(config, dataset)``
+    returns (default: RecBole's ``data_preparation``: train, valid and test loaders), and the model
+    is built on the first loader's dataset, as RecBole's ``run_recbole`` does.
+    """
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_trainer, init_logger, init_seed
 
-    trainer._train_epoch = timed_train_epoch
-    return seconds
+    from mind_recbole import distributed
+    from mind_recbole.performance import apply_runtime_settings
+    from mind_recbole.registry import get_model
+
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = logging.getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+    distributed.share_cores(config)
+    apply_runtime_settings(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    loaders = (prepare_data or data_preparation)(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
+    logger.info(model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return dataset, loaders, trainer
 
 
-def record_training_losses(trainer):
-    """Record each training epoch's loss (RecBole's: the sum of the batch losses; this process's batches)."""
-    losses = []
+def record_training_epochs(trainer):
+    """Lists filled as ``trainer`` trains: each epoch's wall time (validation excluded) and loss
+    (RecBole's: the sum of the batch losses; this process's batches)."""
+    seconds, losses = [], []
     train_epoch = trainer._train_epoch
 
     def recording_train_epoch(*args, **kwargs):
+        start = time.perf_counter()
         loss = train_epoch(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
         losses.append(float(sum(loss)) if isinstance(loss, tuple) else float(loss))
         return loss
 
     trainer._train_epoch = recording_train_epoch
-    return losses
+    return seconds, losses
 
 
 # ---------------------------------------------------------------------------------------------- resume

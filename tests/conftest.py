@@ -123,3 +123,12 @@ def mind_export(mind_checkpoint, tmp_path_factory):
     _config, model, dataset, *_ = load_checkpoint(mind_checkpoint, workdir)
     result = export_model(model, dataset, workdir / "model", checkpoint=mind_checkpoint)
     return workdir / "model", model, dataset, result
+
+
+def free_port():
+    """A TCP port free on this machine now (for distributed runs in tests)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("localhost", 0))
+        return str(sock.getsockname()[1])

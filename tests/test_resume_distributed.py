@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mind_recbole.distributed import free_port
 from mind_recbole.quick_start import TRAINING_STATE_KEY, CheckpointError
-from tests.conftest import AMAZON_CONFIG, load_checkpoint
+from tests.conftest import AMAZON_CONFIG, free_port, load_checkpoint
 
 SMALL = {
     "MAX_ITEM_LIST_LENGTH": 20, "embedding_size": 16, "num_negatives": 64, "train_batch_size": 256,

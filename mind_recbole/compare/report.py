@@ -82,14 +82,11 @@ def write_report(dataset, records, out, config_files, statistics_rows, command, 
 
 
 def _json_payload(dataset, records, table):
-    return {
-        "dataset": dataset,
-        "protocols": {p: {m: {k: v[0] for k, v in metrics.items()} for m, metrics in by_model.items()}
-                      for p, by_model in table.items()},
-        "std": {p: {m: {k: v[1] for k, v in metrics.items()} for m, metrics in by_model.items()}
-                for p, by_model in table.items()},
-        "runs": [r.to_json() for r in records],
-    }
+    def column(index):  # 0: mean, 1: std
+        return {p: {m: {k: v[index] for k, v in metrics.items()} for m, metrics in by_model.items()}
+                for p, by_model in table.items()}
+
+    return {"dataset": dataset, "protocols": column(0), "std": column(1), "runs": [r.to_json() for r in records]}
 
 
 def render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds, plot,

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mind_recbole.quick_start import build_config, time_training_epochs
+from mind_recbole.quick_start import build_config, prepare_training, read_checkpoint, record_training_epochs
 
 DEFAULT_MODELS = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
 CTR_MODELS = ("DIN",)  # RecBole's DIN scores given (user, item) pairs: no full ranking
@@ -86,10 +86,16 @@ class RunRecord:
         return cls(**{k: v for k, v in payload.items() if k in names})
 
 
+def tuned_config_file(config_dir, dataset, model):
+    """``CONFIG_DIR/DATASET/MODEL.yaml``, a model's tuned settings for a dataset, or None."""
+    path = Path(config_dir) / dataset / f"{model}.yaml"
+    return path if path.is_file() else None
+
+
 def model_config_files(dataset, model, config_dir):
-    """The harness defaults for ``model`` (e.g. DIN's training negatives), then ``CONFIG_DIR/DATASET/MODEL.yaml``."""
-    files = [COMPARE_PROPERTIES / f"{model}.yaml", Path(config_dir) / dataset / f"{model}.yaml"]
-    return [f for f in files if f.is_file()]
+    """The harness defaults for ``model`` (e.g. DIN's training negatives), then its tuned file."""
+    files = [COMPARE_PROPERTIES / f"{model}.yaml", tuned_config_file(config_dir, dataset, model)]
+    return [f for f in files if f is not None and f.is_file()]
 
 
 def config_hash(model, dataset, seed, group, config_files, overrides):
@@ -114,13 +120,12 @@ def leave_one_out_config(model, dataset, config_files, seed, overrides, sampled=
 
 def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, category_field):
     """Train with early stopping on validation; score the test split on both protocols."""
-    from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
     from mind_recbole.evaluation.diagnostics import interest_diagnostics, item_categories
 
     config = leave_one_out_config(model_name, dataset_name, config_files, seed, overrides)
-    record, trainer, dataset, (train_data, valid_data, test_data) = _train(config, create_dataset, data_preparation)
+    record, trainer, dataset, (train_data, valid_data, test_data) = _train(config)
     if model_name not in CTR_MODELS:
         record.results["full"] = _floats(trainer.evaluate(test_data, load_best_model=True))
         categories = item_categories(dataset, category_field)
@@ -178,8 +183,7 @@ def scores_from_full_ranking(model, enabled=True):
 
 def run_multi_interest(model_name, dataset_name, config_files, seed, overrides):
     """ComiRec's protocol: train on 80 % of the users, early-stop on 10 %, test on the other 10 %."""
-    import torch
-    from recbole.data import create_dataset, data_preparation
+    from recbole.data import data_preparation
 
     from mind_recbole.evaluation import multi_interest
 
@@ -190,7 +194,9 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides):
         base["USER_ID_FIELD"], base["ITEM_ID_FIELD"], base["TIME_FIELD"],
     )
     split = multi_interest.split_users(sequences, seed)
-    training_name = multi_interest.write_training_dataset(root, dataset_name, seed, split.train_users)
+    training_name = multi_interest.write_training_dataset(
+        root, dataset_name, seed, split.train_users, user_field=base["USER_ID_FIELD"]
+    )
     eval_args = {"split": {"RS": [1.0, 0.0, 0.0]}, "order": "TO", "group_by": "user", "mode": "full"}
     config = build_config(
         model_name, training_name, config_files,
@@ -207,8 +213,8 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides):
     def before_fit(trainer):
         multi_interest.validate_with(trainer, holder["valid"])
 
-    record, trainer, _, _ = _train(config, create_dataset, prepare, before_fit=before_fit, group="multi_interest")
-    checkpoint = torch.load(trainer.saved_model_file, map_location=config["device"], weights_only=False)
+    record, trainer, _, _ = _train(config, prepare, before_fit=before_fit, group="multi_interest")
+    checkpoint = read_checkpoint(trainer.saved_model_file)  # the best validation epoch's weights
     trainer.model.load_state_dict(checkpoint["state_dict"])
     trainer.model.load_other_parameter(checkpoint.get("other_parameter"))
     record.results["multi_interest"] = holder["test"].evaluate(trainer.model)
@@ -219,30 +225,18 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides):
     return record
 
 
-def _train(config, create_dataset, prepare, before_fit=None, group="leave_one_out"):
+def _train(config, prepare_data=None, before_fit=None, group="leave_one_out"):
     """Build data, model and RecBole trainer from ``config`` and fit; the record and the objects."""
-    from recbole.utils import get_trainer, init_logger, init_seed
-
-    from mind_recbole.performance import apply_runtime_settings
-    from mind_recbole.registry import get_model
-
     started = time.perf_counter()
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    apply_runtime_settings(config)
-    dataset = create_dataset(config)
-    loaders = prepare(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    dataset, loaders, trainer = prepare_training(config, prepare_data)
     if before_fit:
         before_fit(trainer)
     record = RunRecord(
         model=config["model"], dataset=config["dataset"], seed=config["seed"], group=group,
         config_hash="", config_files=[], valid_metric=config["valid_metric"], eval_step=config["eval_step"],
-        parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     )
-    record.epoch_seconds = time_training_epochs(trainer)
+    record.epoch_seconds, _ = record_training_epochs(trainer)
     _, best_valid = trainer.fit(
         loaders[0], loaders[1], saved=True, show_progress=config["show_progress"],
         callback_fn=lambda epoch, score: record.valid_scores.append(float(score)),

@@ -73,8 +73,7 @@ _SKIP_CHUNK_BYTES = 1 << 20
 _LOG_SPOOL_BYTES = 1 << 20
 _INT64_LIMIT = 2**63
 _WRITE_CHUNK_ROWS = 1 << 16
-_WHITESPACE = re.compile(r"\s+")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SPACE_OR_CONTROL = re.compile("[\\s\x00-\x1f\x7f-\x9f]+")  # runs of whitespace and control characters
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Not allowed in an id: controls (tabs and line breaks split atomic-file lines), a double quote
 # (pandas, which RecBole reads atomic files with, takes it for CSV quoting), lone surrogates (not
@@ -655,9 +654,9 @@ def _token(value, name: str) -> str:
     """A user or item id: a non-empty string without characters that would corrupt the output."""
     if value is None:
         raise _BadLine(f"missing {name}")
-    if not isinstance(value, str) or not value.strip():
+    token = value.strip() if isinstance(value, str) else ""
+    if not token:
         raise _BadLine(f"invalid {name}: {value!r:.40}")
-    token = value.strip()
     if token.isalnum():  # the usual case, and never holds a character of _BAD_ID_CHARACTER
         return token
     bad = _BAD_ID_CHARACTER.search(token)
@@ -871,7 +870,7 @@ def _clean_text(value, name: str) -> str:
     text = html.unescape(str(value))
     if _SURROGATE.search(text):
         raise _BadLine(f"{name} {text!r:.40} holds an unpaired surrogate escape")
-    text = _WHITESPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
+    text = _SPACE_OR_CONTROL.sub(" ", text).strip()
     return text.replace('"', "'")
 
 

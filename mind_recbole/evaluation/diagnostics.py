@@ -88,10 +88,17 @@ def interest_diagnostics(model, test_data, categories, per_interest_topn=10, lis
         for start in range(0, len(interaction), user_batch):
             part = interaction[start : start + user_batch]
             users = len(part)
-            scores = model.full_sort_predict(part).view(users, -1).float()
-            scores[:, 0] = -math.inf
             rows, columns = _history_positions(history_index, start, users, model.device)
-            scores[rows, columns] = -math.inf
+            if has_interests:  # one forward pass gives the per-interest and the final (max over K) lists
+                interests, mask = model.user_interests(part)  # [B K D], [B K]
+                per_interest = torch.einsum("bkd,nd->bkn", interests, item_vectors)  # [B K N]
+                per_interest[:, :, 0] = -math.inf
+                per_interest[rows, :, columns] = -math.inf
+                scores = per_interest.masked_fill(~mask.unsqueeze(-1), -math.inf).amax(dim=1)  # [B N]
+            else:
+                scores = model.full_sort_predict(part).view(users, -1).float()
+                scores[:, 0] = -math.inf
+                scores[rows, columns] = -math.inf
             top = scores.topk(list_size, dim=1).indices.cpu().numpy()
             if categories is not None:
                 add(f"categories@{list_size}", distinct_counts(top, categories))
@@ -100,14 +107,10 @@ def interest_diagnostics(model, test_data, categories, per_interest_topn=10, lis
                     add("history_categories", distinct_counts(history, categories))
             if not has_interests:
                 continue
-            interests, mask = model.user_interests(part)  # [B K D], [B K]
             add("interests", mask.sum(dim=1).cpu().numpy())
             add("interest_cosine", mean_pairwise_cosine(interests, mask).cpu().numpy())
             if categories is None:
                 continue
-            per_interest = torch.einsum("bkd,nd->bkn", interests, item_vectors)  # [B K N]
-            per_interest[:, :, 0] = -math.inf
-            per_interest[rows, :, columns] = -math.inf
             per_interest_top = per_interest.topk(per_interest_topn, dim=2).indices.cpu().numpy()
             mask_np = mask.cpu().numpy()
             union = np.where(mask_np[:, :, None], per_interest_top, 0).reshape(users, -1)

@@ -61,7 +61,8 @@ def read_sequences(inter_file, user_field="user_id", item_field="item_id", time_
     import pandas as pd
 
     inter_file = Path(inter_file)
-    header = inter_file.open(encoding="utf-8").readline().rstrip("\n").split("\t")
+    with inter_file.open(encoding="utf-8") as reader:
+        header = reader.readline().rstrip("\n").split("\t")
     names = {column.split(":")[0]: column for column in header}
     missing = [f for f in (user_field, item_field, time_field) if f not in names]
     if missing:
@@ -109,7 +110,7 @@ def split_users(sequences, seed, ratios=SPLIT_RATIOS, history_fraction=HISTORY_F
     return UserSplit(sorted(train_users), valid, test)
 
 
-def write_training_dataset(source_root, dataset, seed, train_users, target_root=None):
+def write_training_dataset(source_root, dataset, seed, train_users, target_root=None, user_field="user_id"):
     """Atomic files of the training users only, as dataset ``{dataset}-comirec-{seed}``.
 
     The ``.item`` file (and ``.user`` when present) is linked unchanged, so every item keeps its
@@ -125,7 +126,7 @@ def write_training_dataset(source_root, dataset, seed, train_users, target_root=
     with inter_source.open(encoding="utf-8") as reader, temporary.open("w", encoding="utf-8") as writer:
         header = reader.readline()
         writer.write(header)
-        user_column = [c.split(":")[0] for c in header.rstrip("\n").split("\t")].index("user_id")
+        user_column = [c.split(":")[0] for c in header.rstrip("\n").split("\t")].index(user_field)
         for line in reader:
             if line.split("\t", user_column + 1)[user_column] in keep:
                 writer.write(line)

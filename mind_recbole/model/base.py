@@ -181,10 +181,12 @@ class InterestRecommender(SequentialRecommender):
         target (an accidental hit) is masked out.
         """
         negatives = torch.multinomial(self.negative_probs, self.num_negatives, replacement=True)  # [S]
-        log_expected = self.negative_log_probs + math.log(self.num_negatives)
-        positive_logits = (user_vectors * target_vectors).sum(-1) - log_expected[targets]  # [B]
+        log_sample_count = math.log(self.num_negatives)  # log-Q of item i: log(S q(i)), only where needed
+        positive_logits = (user_vectors * target_vectors).sum(-1) - (
+            self.negative_log_probs[targets] + log_sample_count
+        )  # [B]
         negative_logits = user_vectors @ self.item_tower(negatives).transpose(0, 1)  # [B S]
-        negative_logits = negative_logits - log_expected[negatives]
+        negative_logits = negative_logits - (self.negative_log_probs[negatives] + log_sample_count)
         negative_logits = negative_logits.masked_fill(targets.unsqueeze(1) == negatives, float("-inf"))
         logits = torch.cat([positive_logits.unsqueeze(1), negative_logits], dim=1)  # [B 1+S]
         return F.cross_entropy(logits, torch.zeros_like(targets))
