@@ -154,6 +154,17 @@ def test_label_aware_attention_power_keeps_sign():
     assert torch.allclose(out, torch.tensor([[weights[0] - weights[1]]]))
 
 
+@pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
+def test_label_aware_attention_gradients_are_finite_at_zero_scores(power):
+    # a zero interest (score exactly 0) is active in the first row and inactive in the second
+    interests = torch.tensor([[[1.0, 2.0], [0.0, 0.0]], [[1.0, -1.0], [0.0, 0.0]]], requires_grad=True)
+    target = torch.tensor([[0.5, 1.0], [2.0, 1.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    label_aware_attention(interests, mask, target, power).sum().backward()
+    assert torch.isfinite(interests.grad).all()
+    assert torch.equal(interests.grad[1, 1], torch.zeros(2))  # the inactive interest gets nothing
+
+
 def test_max_over_interests_masks_inactive_and_chunks_exactly():
     torch.manual_seed(0)
     interests, items = torch.randn(3, 4, 8), torch.randn(50, 8)

@@ -236,6 +236,7 @@ def label_aware_attention(interests, interest_mask, target, power):
     ``pow`` keeps the sign (``sign(x) |x|^p``) so that the ordering of the scores is kept for any
     real ``p > 0``; ``p = inf`` selects the best-matching interest (hard attention), the limit of
     large ``p``. Powered scores are clipped to +-1e30 so that large finite ``p`` never overflows.
+    Gradients stay finite for any ``p > 0``, below 1 too, also where a score is exactly 0.
 
     Shape:
         - interests ``[B, K, D]``, interest_mask ``[B, K]`` bool, target ``[B, D]``.
@@ -246,7 +247,10 @@ def label_aware_attention(interests, interest_mask, target, power):
         best = scores.masked_fill(~interest_mask, float("-inf")).argmax(dim=-1)  # [B]
         weights = F.one_hot(best, interests.shape[1]).to(interests.dtype)
     else:
-        powered = torch.sign(scores) * scores.abs().pow(power)
+        # |x| is kept away from 0 (and is 1 at inactive interests): for p < 1 the gradient of |x|^p
+        # at 0 is infinite, and 0 * inf would turn the whole batch's gradient into NaN.
+        magnitude = scores.abs().masked_fill(~interest_mask, 1.0).clamp(min=1e-6)
+        powered = torch.sign(scores) * magnitude.pow(power)
         powered = powered.clamp(-1e30, 1e30).masked_fill(~interest_mask, float("-inf"))
         weights = torch.softmax(powered, dim=-1)  # [B K]
     return torch.einsum("bk,bkd->bd", weights, interests)
