@@ -42,7 +42,7 @@ def test_markdown_has_tables_leader_cost_and_diagnostics():
     assert "**Not in these tables** (asked for, no finished run in `d-runs/`): DIN (leave_one_out)." in partial
 
 
-def test_config_hash_changes_with_file_contents_and_overrides(tmp_path):
+def test_config_hash_follows_settings_and_overrides_not_comments(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("epochs: 1\n")
     first = config_hash("MIND", "d", 1, "leave_one_out", [config], {})
@@ -50,6 +50,8 @@ def test_config_hash_changes_with_file_contents_and_overrides(tmp_path):
     assert config_hash("MIND", "d", 1, "leave_one_out", [config], {"epochs": 2}) != first
     assert config_hash("MIND", "d", 1, "leave_one_out", [config], {"torch_threads": 1, "state": "INFO"}) == first
     assert config_hash("MIND", "d", 2, "leave_one_out", [config], {}) != first
+    config.write_text("# a comment\nepochs:   1   # the same setting\n")
+    assert config_hash("MIND", "d", 1, "leave_one_out", [config], {}) == first
     config.write_text("epochs: 2\n")
     assert config_hash("MIND", "d", 1, "leave_one_out", [config], {}) != first
 

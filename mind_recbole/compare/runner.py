@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from mind_recbole.quick_start import build_config, prepare_training, read_checkpoint, record_training_epochs
 
 DEFAULT_MODELS = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
@@ -99,14 +101,13 @@ def model_config_files(dataset, model, config_dir):
 
 
 def config_hash(model, dataset, seed, group, config_files, overrides):
-    """Hash of everything that defines a run: names, seed, the config files' text, overrides
-    (except :data:`RUNTIME_KEYS`)."""
+    """Hash of everything that defines a run: names, seed, the config files' settings, overrides
+    (except :data:`RUNTIME_KEYS`). Files are hashed as parsed YAML: editing a comment or the
+    layout of a config keeps its runs."""
     overrides = {k: v for k, v in overrides.items() if k not in RUNTIME_KEYS}
-    digest = hashlib.sha256()
-    digest.update(json.dumps([model, dataset, seed, group, overrides], sort_keys=True, default=str).encode())
-    for file in config_files:
-        digest.update(Path(file).read_bytes())
-    return digest.hexdigest()[:16]
+    settings = [yaml.safe_load(Path(file).read_text()) for file in config_files]
+    payload = [model, dataset, seed, group, overrides, settings]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def leave_one_out_config(model, dataset, config_files, seed, overrides, sampled=False):
