@@ -10,6 +10,7 @@ from mind_recbole.model.layers import (
     B2IDynamicRouting,
     interest_count_mask,
     label_aware_attention,
+    label_aware_scores,
     max_over_interests,
     squash,
 )
@@ -163,6 +164,37 @@ def test_label_aware_attention_gradients_are_finite_at_zero_scores(power):
     label_aware_attention(interests, mask, target, power).sum().backward()
     assert torch.isfinite(interests.grad).all()
     assert torch.equal(interests.grad[1, 1], torch.zeros(2))  # the inactive interest gets nothing
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, math.inf])
+def test_label_aware_scores_let_each_item_be_its_own_label(power):
+    torch.manual_seed(0)
+    interests, items = torch.randn(3, 4, 8), torch.randn(20, 8)
+    mask = torch.tensor([[True, False, False, False], [True, True, False, False], [True] * 4])
+    scores = label_aware_scores(interests, mask, items, power)
+    assert scores.shape == (3, 20)
+    for item in (0, 7, 19):  # column i is the label-aware vector for label i, dotted with e_i
+        label = items[item].expand(3, -1)
+        expected = (label_aware_attention(interests, mask, label, power) * label).sum(-1)
+        assert torch.allclose(scores[:, item], expected, atol=1e-5)
+    if math.isinf(power):  # hard attention is exactly the serving score
+        assert torch.equal(scores, max_over_interests(interests, mask, items))
+
+
+def test_hard_label_scores_match_autograd_amax_in_values_and_gradients():
+    torch.manual_seed(1)
+    mask = torch.tensor([[True, False, False], [True, True, False], [True, True, True]])
+    interests, items = torch.randn(3, 3, 5, requires_grad=True), torch.randn(7, 5, requires_grad=True)
+    weights = torch.randn(3, 7)
+    reference = torch.einsum("bkd,nd->bkn", interests, items).masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    (reference.amax(1) * weights).sum().backward()
+    expected = interests.grad.clone(), items.grad.clone()
+    interests.grad, items.grad = None, None
+    scores = label_aware_scores(interests, mask, items, math.inf)
+    (scores * weights).sum().backward()
+    assert torch.allclose(scores, reference.amax(1))
+    assert torch.allclose(interests.grad, expected[0], atol=1e-6) and torch.allclose(items.grad, expected[1], atol=1e-6)
+    assert torch.equal(interests.grad[0, 1:], torch.zeros(2, 5))  # inactive interests get nothing
 
 
 def test_max_over_interests_masks_inactive_and_chunks_exactly():

@@ -87,7 +87,14 @@ def test_full_sort_predict_agrees_with_predict(model_class, beauty_mini_path, be
 
 @pytest.mark.parametrize(
     "model_class, overrides",
-    [(MIND, {}), (MIND, {"loss_type": "CE"}), (MIND, {"attention_pow": float("inf")}), (YouTubeDNN, {})],
+    [
+        (MIND, {}),
+        (MIND, {"loss_type": "CE"}),
+        (MIND, {"attention_pow": float("inf")}),
+        (MIND, {"loss_type": "CE", "label_attention": "every_item"}),
+        (MIND, {"label_attention": "every_item", "attention_pow": 0.5}),
+        (YouTubeDNN, {}),
+    ],
 )
 def test_loss_falls_on_a_tiny_dataset(model_class, overrides, beauty_mini_path, beauty_mini_data):
     model = build(model_class, beauty_mini_path, beauty_mini_data, **overrides).train()
@@ -121,6 +128,7 @@ def test_gradients_reach_routing_matrix_embeddings_and_side_features(beauty_mini
         ({"attention_pow": 0}, "attention_pow (p) must be > 0"),
         ({"attention_pow": -1.5}, "attention_pow (p) must be > 0"),
         ({"loss_type": "BPR"}, "loss_type must be one of"),
+        ({"label_attention": "all"}, "label_attention must be one of ('target', 'every_item'), got 'all'"),
         ({"item_side_fields": ["colour"]}, "item_side_fields names 'colour'"),
         ({"user_profile_fields": ["age"]}, "user_profile_fields names 'age'"),
     ],

@@ -161,6 +161,10 @@ class InterestRecommender(SequentialRecommender):
         """One user vector per target ``[B, D]``; a single-interest model has nothing to choose."""
         return interests[:, 0]
 
+    def training_scores(self, interests, interest_mask, user_vectors, item_vectors):
+        """Scores ``[B, N]`` of ``item_vectors [N, D]`` in the loss: each row's user vector ``[B, D]``."""
+        return user_vectors @ item_vectors.transpose(0, 1)
+
     # ------------------------------------------------------------------ training
     def calculate_loss(self, interaction):
         interests, interest_mask = self.user_interests(interaction)
@@ -168,12 +172,12 @@ class InterestRecommender(SequentialRecommender):
         target_vectors = self.item_tower(targets)  # [B D]
         user_vectors = self.training_user_vector(interests, interest_mask, target_vectors)  # [B D]
         if self.loss_type == "CE":
-            logits = user_vectors @ self.all_item_vectors().transpose(0, 1)  # [B N]
+            logits = self.training_scores(interests, interest_mask, user_vectors, self.all_item_vectors())  # [B N]
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits, targets)
-        return self.sampled_softmax_loss(user_vectors, target_vectors, targets)
+        return self.sampled_softmax_loss(interests, interest_mask, user_vectors, target_vectors, targets)
 
-    def sampled_softmax_loss(self, user_vectors, target_vectors, targets):
+    def sampled_softmax_loss(self, interests, interest_mask, user_vectors, target_vectors, targets):
         """Sampled softmax with log-Q correction (Jean et al. 2015; Yi et al. 2019).
 
         ``num_negatives`` items are drawn with replacement from ``q`` and shared by the batch;
@@ -185,7 +189,7 @@ class InterestRecommender(SequentialRecommender):
         positive_logits = (user_vectors * target_vectors).sum(-1) - (
             self.negative_log_probs[targets] + log_sample_count
         )  # [B]
-        negative_logits = user_vectors @ self.item_tower(negatives).transpose(0, 1)  # [B S]
+        negative_logits = self.training_scores(interests, interest_mask, user_vectors, self.item_tower(negatives))  # [B S]
         negative_logits = negative_logits - (self.negative_log_probs[negatives] + log_sample_count)
         negative_logits = negative_logits.masked_fill(targets.unsqueeze(1) == negatives, float("-inf"))
         logits = torch.cat([positive_logits.unsqueeze(1), negative_logits], dim=1)  # [B 1+S]

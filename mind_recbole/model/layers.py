@@ -5,7 +5,6 @@ import os
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 def feature_table(dataset, source, fields):
@@ -230,8 +229,8 @@ class B2IDynamicRouting(nn.Module):
         return capsules
 
 
-def label_aware_attention(interests, interest_mask, target, power):
-    """MIND's label-aware attention: ``v_u = V softmax(pow(V^T e_i, p))`` over active interests.
+def attention_weights(scores, interest_mask, power):
+    """Label-aware attention weights ``softmax_k(pow(s_k, p))`` over the active interests (dim 1).
 
     ``pow`` keeps the sign (``sign(x) |x|^p``) so that the ordering of the scores is kept for any
     real ``p > 0``; ``p = inf`` selects the best-matching interest (hard attention), the limit of
@@ -239,21 +238,81 @@ def label_aware_attention(interests, interest_mask, target, power):
     Gradients stay finite for any ``p > 0``, below 1 too, also where a score is exactly 0.
 
     Shape:
+        - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool. Output: ``[B, K, *]``.
+    """
+    inactive = ~interest_mask.reshape(*interest_mask.shape, *([1] * (scores.dim() - 2)))
+    if math.isinf(power):
+        best = scores.masked_fill(inactive, float("-inf")).argmax(dim=1, keepdim=True)
+        return torch.zeros_like(scores).scatter_(1, best, 1.0)
+    # |x| is kept away from 0 (and is 1 at inactive interests): for p < 1 the gradient of |x|^p
+    # at 0 is infinite, and 0 * inf would turn the whole batch's gradient into NaN.
+    magnitude = scores.abs().masked_fill(inactive, 1.0).clamp(min=1e-6)
+    powered = torch.sign(scores) * magnitude.pow(power)
+    powered = powered.clamp(-1e30, 1e30).masked_fill(inactive, float("-inf"))
+    return torch.softmax(powered, dim=1)
+
+
+def label_aware_attention(interests, interest_mask, target, power):
+    """MIND's label-aware attention: ``v_u = V softmax(pow(V^T e_i, p))`` over active interests.
+
+    See :func:`attention_weights` for ``p``.
+
+    Shape:
         - interests ``[B, K, D]``, interest_mask ``[B, K]`` bool, target ``[B, D]``.
         - Output: ``[B, D]``.
     """
     scores = torch.einsum("bkd,bd->bk", interests, target)  # [B K]
-    if math.isinf(power):
-        best = scores.masked_fill(~interest_mask, float("-inf")).argmax(dim=-1)  # [B]
-        weights = F.one_hot(best, interests.shape[1]).to(interests.dtype)
-    else:
-        # |x| is kept away from 0 (and is 1 at inactive interests): for p < 1 the gradient of |x|^p
-        # at 0 is infinite, and 0 * inf would turn the whole batch's gradient into NaN.
-        magnitude = scores.abs().masked_fill(~interest_mask, 1.0).clamp(min=1e-6)
-        powered = torch.sign(scores) * magnitude.pow(power)
-        powered = powered.clamp(-1e30, 1e30).masked_fill(~interest_mask, float("-inf"))
-        weights = torch.softmax(powered, dim=-1)  # [B K]
+    weights = attention_weights(scores, interest_mask, power)  # [B K]
     return torch.einsum("bk,bkd->bd", weights, interests)
+
+
+def label_aware_scores(interests, interest_mask, item_vectors, power):
+    """Every item scored under label-aware attention with *itself* as the label.
+
+    ``score(i) = e_i . V softmax(pow(V^T e_i, p))``; ``p = inf`` gives the serving score
+    ``max_k e_i . v_u^k``. For the label item this equals ``e_i . label_aware_attention(...)``.
+
+    Shape:
+        - interests ``[B, K, D]``, interest_mask ``[B, K]`` bool, item_vectors ``[N, D]``.
+        - Output: ``[B, N]``.
+    """
+    if math.isinf(power):
+        return HardLabelScores.apply(interests, item_vectors, interest_mask)
+    scores = torch.einsum("bkd,nd->bkn", interests, item_vectors)  # [B K N]
+    weights = attention_weights(scores, interest_mask, power)  # [B K N]
+    return (weights * scores.masked_fill(~interest_mask.unsqueeze(-1), 0.0)).sum(1)
+
+
+class HardLabelScores(torch.autograd.Function):
+    """``max_k e_i . v_u^k`` over active interests, with gradients, for training over many items.
+
+    Autograd's ``amax`` over a ``[B, K, N]`` tensor spends most of a full-softmax step in its
+    backward; this keeps only the winning interest of each (user, item) (``uint8`` ``[B, N]`` for K < 256) and
+    back-propagates by two matmuls. Same values and gradients as ``amax`` (up to ties).
+
+    Shape:
+        - interests ``[B, K, D]``, item_vectors ``[N, D]``, interest_mask ``[B, K]`` bool
+          (the first interest active in every row). Output: ``[B, N]``.
+    """
+
+    @staticmethod
+    def forward(ctx, interests, item_vectors, interest_mask):
+        batch_size, interest_num, size = interests.shape
+        scores = (interests.reshape(-1, size) @ item_vectors.transpose(0, 1)).view(batch_size, interest_num, -1)
+        best_scores, best = scores.masked_fill_(~interest_mask.unsqueeze(-1), float("-inf")).max(dim=1)  # [B N]
+        ctx.save_for_backward(interests, item_vectors, best.to(torch.uint8) if interest_num < 256 else best)
+        return best_scores
+
+    @staticmethod
+    def backward(ctx, grad):
+        interests, item_vectors, best = ctx.saved_tensors
+        batch_size, interest_num, size = interests.shape
+        routed = grad.new_zeros(batch_size, interest_num, grad.shape[1])  # [B K N]: each item's gradient
+        routed.scatter_(1, best.long().unsqueeze(1), grad.unsqueeze(1))  # goes to the interest that won it
+        routed = routed.view(batch_size * interest_num, -1)
+        grad_interests = (routed @ item_vectors).view_as(interests)
+        grad_items = routed.transpose(0, 1) @ interests.reshape(-1, size)
+        return grad_interests, grad_items, None
 
 
 def max_over_interests(interests, interest_mask, item_vectors, chunk_size=None):

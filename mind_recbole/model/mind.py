@@ -9,10 +9,23 @@ A user's history is routed into up to ``K`` interest capsules (behaviour-to-inte
 routing with one shared bilinear map), each capsule concatenated with the user profile goes through
 a ReLU layer, and training weighs the interests by label-aware attention. An item is scored by its
 best-matching interest, ``max_k e_i . v_u^k``.
+
+In the loss, the paper scores every item with the user vector that label-aware attention built for
+the *target* (``label_attention: target``). ``label_attention: every_item`` (not in the paper) lets
+every scored item attend over the interests as its own label, so that training scores items the
+way serving does (``p = inf``: exactly ``max_k``) and every interest is penalised for the negatives
+it ranks high.
 """
 
 from mind_recbole.model.base import InterestRecommender, _is_int, _is_number
-from mind_recbole.model.layers import B2IDynamicRouting, interest_count_mask, label_aware_attention
+from mind_recbole.model.layers import (
+    B2IDynamicRouting,
+    interest_count_mask,
+    label_aware_attention,
+    label_aware_scores,
+)
+
+LABEL_ATTENTION_MODES = ("target", "every_item")
 
 
 def _to_float(value):
@@ -38,6 +51,7 @@ class MIND(InterestRecommender):
         self.fixed_routing_init = config["fixed_routing_init"]
         self.routing_detach_logits = config["routing_detach_logits"]
         self.attention_pow = config["attention_pow"]
+        self.label_attention = config["label_attention"]
         super().__init__(config, dataset)
 
         # layers
@@ -65,6 +79,11 @@ class MIND(InterestRecommender):
                 f"attention_pow (p) must be > 0 (or .inf for hard attention), got {self.attention_pow!r}",
             )
         self.attention_pow = power
+        if self.label_attention not in LABEL_ATTENTION_MODES:
+            self._config_error(
+                "label_attention",
+                f"label_attention must be one of {LABEL_ATTENTION_MODES}, got {self.label_attention!r}",
+            )
         if not _is_number(self.routing_init_std) or not self.routing_init_std >= 0:
             self._config_error("routing_init_std", f"routing_init_std must be >= 0, got {self.routing_init_std!r}")
         for key in ("fixed_routing_init", "routing_detach_logits"):
@@ -78,3 +97,8 @@ class MIND(InterestRecommender):
 
     def training_user_vector(self, interests, interest_mask, target_vectors):
         return label_aware_attention(interests, interest_mask, target_vectors, self.attention_pow)
+
+    def training_scores(self, interests, interest_mask, user_vectors, item_vectors):
+        if self.label_attention == "every_item":  # each item attends over the interests as its own label
+            return label_aware_scores(interests, interest_mask, item_vectors, self.attention_pow)  # [B N]
+        return super().training_scores(interests, interest_mask, user_vectors, item_vectors)
