@@ -18,6 +18,7 @@ the compatibility shims (:mod:`mind_recbole.compat`) and the runtime settings
 """
 
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -134,7 +135,25 @@ def prepare_training(config, prepare_data=None):
     model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if config["single_spec"]:  # the processes of one distributed run share RecBole's name
+        trainer.saved_model_file = reserve_checkpoint_file(trainer.saved_model_file)
     return dataset, loaders, trainer
+
+
+def reserve_checkpoint_file(path):
+    """A checkpoint name no other run holds: ``MODEL-<time>-<pid>[-n].pth``, created empty.
+
+    RecBole names checkpoints ``MODEL-<local time to the second>.pth``: two runs started in the
+    same second (two ``compare`` processes, say) wrote, and reloaded for their test, one file.
+    """
+    stem, extension = os.path.splitext(path)
+    for attempt in itertools.count():
+        candidate = f"{stem}-{os.getpid()}{f'-{attempt}' if attempt else ''}{extension}"
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return candidate
+        except FileExistsError:
+            continue
 
 
 def record_training_epochs(trainer):
@@ -214,7 +233,10 @@ def resume_training(trainer, resume_file, train_data, dataset):
             f"{resume_file}: training already reached epoch {checkpoint['epoch']} of 0..{config['epochs'] - 1}; "
             f"set epochs above {checkpoint['epoch'] + 1} to train further (load_data_and_model evaluates it as is)"
         )
-    trainer.resume_checkpoint(resume_file)
+    reserved = trainer.saved_model_file
+    trainer.resume_checkpoint(resume_file)  # RecBole goes on writing resume_file
+    if reserved != trainer.saved_model_file and os.path.isfile(reserved) and not os.path.getsize(reserved):
+        os.remove(reserved)  # the empty name reserve_checkpoint_file held
     state = (checkpoint.get("other_parameter") or {}).get(TRAINING_STATE_KEY)
     logger = logging.getLogger()
     if state is None:

@@ -1,6 +1,7 @@
 """Each RecBole 1.2.1 fix of mind_recbole.compat, and the plugin's config and model lookup."""
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,12 @@ def test_data_path_is_stored_absolute_so_checkpoints_reload_anywhere(tmp_path, m
     monkeypatch.chdir(tmp_path)
     config = build_config("MIND", "beauty", config_dict={"data_path": "datasets/", "use_gpu": False})
     assert config["data_path"] == str(tmp_path / "datasets" / "beauty")
+
+
+def test_runs_started_in_the_same_second_get_their_own_checkpoint(tmp_path):
+    from mind_recbole.quick_start import reserve_checkpoint_file
+
+    recbole_name = str(tmp_path / "MIND-Dec-01-2026_01-34-33.pth")  # RecBole's name: model and local time
+    first, second = reserve_checkpoint_file(recbole_name), reserve_checkpoint_file(recbole_name)
+    assert first != second and Path(first).is_file() and Path(second).is_file()
+    assert Path(first).name.startswith("MIND-Dec-01-2026_01-34-33-") and first.endswith(".pth")
