@@ -75,7 +75,6 @@ def run_recbole(
     from mind_recbole import distributed
 
     dataset, (train_data, valid_data, test_data), trainer = prepare_training(config)
-    distributed.share_checkpoint_file(trainer)
     install_training_state(trainer, train_data, dataset)
     if resume is not None:
         resume_training(trainer, resume, train_data, dataset)
@@ -135,8 +134,9 @@ def prepare_training(config, prepare_data=None):
     model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    if config["single_spec"]:  # the processes of one distributed run share RecBole's name
+    if config["local_rank"] == 0:  # the only process that writes it; other ranks take its name
         trainer.saved_model_file = reserve_checkpoint_file(trainer.saved_model_file)
+    distributed.share_checkpoint_file(trainer)
     return dataset, loaders, trainer
 
 
