@@ -134,7 +134,7 @@ def prepare_training(config, prepare_data=None):
     model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    if config["local_rank"] == 0:  # the only process that writes it; other ranks take its name
+    if _rank(config) == 0:  # the only process that writes it; other ranks take its name
         trainer.saved_model_file = reserve_checkpoint_file(trainer.saved_model_file)
     distributed.share_checkpoint_file(trainer)
     return dataset, loaders, trainer
@@ -154,6 +154,17 @@ def reserve_checkpoint_file(path):
             return candidate
         except FileExistsError:
             continue
+
+
+def release_checkpoint_file(config, reserved, written):
+    """Remove the empty file ``reserve_checkpoint_file`` created when the run writes ``written`` instead
+    (a resumed run goes on writing the checkpoint it resumed).
+
+    Only rank 0 removes it: it reserved the name and the other ranks share it, so a removal by
+    each rank raced (one found the file, another had removed it: FileNotFoundError).
+    """
+    if _rank(config) == 0 and reserved != written and os.path.isfile(reserved) and not os.path.getsize(reserved):
+        os.remove(reserved)
 
 
 def record_training_epochs(trainer):
@@ -235,8 +246,7 @@ def resume_training(trainer, resume_file, train_data, dataset):
         )
     reserved = trainer.saved_model_file
     trainer.resume_checkpoint(resume_file)  # RecBole goes on writing resume_file
-    if reserved != trainer.saved_model_file and os.path.isfile(reserved) and not os.path.getsize(reserved):
-        os.remove(reserved)  # the empty name reserve_checkpoint_file held
+    release_checkpoint_file(config, reserved, trainer.saved_model_file)
     state = (checkpoint.get("other_parameter") or {}).get(TRAINING_STATE_KEY)
     logger = logging.getLogger()
     if state is None:
