@@ -74,7 +74,7 @@ def run_recbole(
 
     from mind_recbole import distributed
 
-    dataset, (train_data, valid_data, test_data), trainer = prepare_training(config)
+    dataset, (train_data, valid_data, test_data), trainer = prepare_training(config, checkpoint_file=resume)
     install_training_state(trainer, train_data, dataset)
     if resume is not None:
         resume_training(trainer, resume, train_data, dataset)
@@ -104,12 +104,14 @@ def run_recbole(
     return result
 
 
-def prepare_training(config, prepare_data=None):
+def prepare_training(config, prepare_data=None, checkpoint_file=None):
     """Seeds, logging, runtime settings, dataset, data loaders, model and RecBole trainer for ``config``.
 
     Returns ``(dataset, loaders, trainer)``; ``loaders`` is what ``prepare_data(config, dataset)``
     returns (default: RecBole's ``data_preparation``: train, valid and test loaders), and the model
-    is built on the first loader's dataset, as RecBole's ``run_recbole`` does.
+    is built on the first loader's dataset, as RecBole's ``run_recbole`` does. The trainer writes
+    ``checkpoint_file`` (a resumed run goes on writing the checkpoint it resumes), by default a
+    fresh name that rank 0 reserves; every rank gets rank 0's name.
     """
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_trainer, init_logger, init_seed
@@ -134,7 +136,9 @@ def prepare_training(config, prepare_data=None):
     model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    if _rank(config) == 0:  # the only process that writes it; other ranks take its name
+    if checkpoint_file is not None:
+        trainer.saved_model_file = checkpoint_file
+    elif _rank(config) == 0:  # the only process that writes it; other ranks take its name
         trainer.saved_model_file = reserve_checkpoint_file(trainer.saved_model_file)
     distributed.share_checkpoint_file(trainer)
     return dataset, loaders, trainer
@@ -154,17 +158,6 @@ def reserve_checkpoint_file(path):
             return candidate
         except FileExistsError:
             continue
-
-
-def release_checkpoint_file(config, reserved, written):
-    """Remove the empty file ``reserve_checkpoint_file`` created when the run writes ``written`` instead
-    (a resumed run goes on writing the checkpoint it resumed).
-
-    Only rank 0 removes it: it reserved the name and the other ranks share it, so a removal by
-    each rank raced (one found the file, another had removed it: FileNotFoundError).
-    """
-    if _rank(config) == 0 and reserved != written and os.path.isfile(reserved) and not os.path.getsize(reserved):
-        os.remove(reserved)
 
 
 def record_training_epochs(trainer):
@@ -244,9 +237,7 @@ def resume_training(trainer, resume_file, train_data, dataset):
             f"{resume_file}: training already reached epoch {checkpoint['epoch']} of 0..{config['epochs'] - 1}; "
             f"set epochs above {checkpoint['epoch'] + 1} to train further (load_data_and_model evaluates it as is)"
         )
-    reserved = trainer.saved_model_file
     trainer.resume_checkpoint(resume_file)  # RecBole goes on writing resume_file
-    release_checkpoint_file(config, reserved, trainer.saved_model_file)
     state = (checkpoint.get("other_parameter") or {}).get(TRAINING_STATE_KEY)
     logger = logging.getLogger()
     if state is None:

@@ -55,6 +55,7 @@ def test_resume_repeats_an_uninterrupted_run_exactly(beauty_mini_path, tmp_path,
     resumed = train(beauty_mini_path, tmp_path / "parts", epochs=3, resume=first["saved_model_file"])
 
     assert resumed["saved_model_file"] == first["saved_model_file"]  # RecBole goes on writing the same file
+    assert [path.name for path in (tmp_path / "parts").iterdir()] == [Path(first["saved_model_file"]).name]
     assert len(resumed["train_epoch_seconds"]) == 2  # epochs 1 and 2 only
     assert resumed["train_losses"] == uninterrupted["train_losses"][1:]
     assert resumed["best_valid_result"] == uninterrupted["best_valid_result"]
@@ -185,6 +186,8 @@ def test_cli_trains_on_two_processes_and_resumes_exactly(beauty_mini_path, tmp_p
     assert status == 0
     resumed = json.loads(resumed_json.read_text())
     assert resumed["epochs"] == 1 and resumed["saved_model_file"] == first["saved_model_file"]
+    # the ranks shared the resumed file from the start: no other name reserved, none left behind
+    assert [path.name for path in (tmp_path / "parts").iterdir()] == [Path(first["saved_model_file"]).name]
     assert resumed["best_valid_result"] == pytest.approx(dict(uninterrupted["best_valid_result"]), abs=0)
     assert resumed["test_result"] == pytest.approx(dict(uninterrupted["test_result"]), abs=0)
     a, b = weights(uninterrupted["saved_model_file"]), weights(resumed["saved_model_file"])
