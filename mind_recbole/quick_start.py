@@ -136,11 +136,12 @@ def prepare_training(config, prepare_data=None, checkpoint_file=None):
     model = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
     logger.info(model)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    if checkpoint_file is not None:
+    if checkpoint_file is not None:  # every rank was given the same name
         trainer.saved_model_file = checkpoint_file
-    elif _rank(config) == 0:  # the only process that writes it; other ranks take its name
-        trainer.saved_model_file = reserve_checkpoint_file(trainer.saved_model_file)
-    distributed.share_checkpoint_file(trainer)
+    else:
+        if _rank(config) == 0:  # the only process that writes it; other ranks take its name
+            trainer.saved_model_file = reserve_checkpoint_file(trainer.saved_model_file)
+        distributed.share_checkpoint_file(trainer)
     return dataset, loaders, trainer
 
 
