@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mind_recbole.compare.report import aggregate, render_markdown
-from mind_recbole.compare.runner import RunRecord, config_hash
+from mind_recbole.compare.runner import RunRecord, compare, config_hash, data_fingerprint, model_config_files
 from tests.conftest import AMAZON_CONFIG
 
 
@@ -62,6 +62,61 @@ SMALL = {
 }
 
 
+def test_markdown_names_the_data_fingerprint_and_the_runs_without_one():
+    fingerprinted = [record("MIND", 1, 0.2), record("Pop", 1, 0.1)]
+    for run in fingerprinted:
+        run.data_fingerprint = "0123abcd0123abcd"
+    older = record("SASRec", 1, 0.15)
+    text = render_markdown("d", [*fingerprinted, older], aggregate([*fingerprinted, older]), [], [], "c", 60, None)
+    assert "Atomic files: SHA-256 `0123abcd0123abcd` (2 runs)." in text
+    assert "**Data not verified** for 1 of 3 runs" in text and ": SASRec (leave_one_out, seed 1)." in text
+    assert "Data not verified" not in render_markdown("d", fingerprinted, aggregate(fingerprinted), [], [], "c", 60, None)
+
+
+INTER = "user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t10\nu1\ti2\t10\nu2\ti1\t20\n"
+
+
+def test_data_fingerprint_follows_the_atomic_files_and_nothing_else(tmp_path):
+    (tmp_path / "d.inter").write_text(INTER)
+    first = data_fingerprint(tmp_path, "d")
+    assert len(first) == 16 and data_fingerprint(tmp_path, "d") == first
+    (tmp_path / "d.bad_lines.txt").write_text("line 3: not JSON\n")  # converter reports are not training data
+    assert data_fingerprint(tmp_path, "d") == first
+    lines = INTER.splitlines(keepends=True)
+    (tmp_path / "d.inter").write_text("".join([lines[0], lines[2], lines[1], lines[3]]))  # two same-day reviews swapped
+    swapped = data_fingerprint(tmp_path, "d")
+    assert swapped != first
+    (tmp_path / "d.item").write_text("item_id:token\tbrand:token\ni1\tb\n")
+    assert data_fingerprint(tmp_path, "d") not in (first, swapped)
+    with pytest.raises(FileNotFoundError, match=r"other\.inter: no such file"):
+        data_fingerprint(tmp_path, "other")
+
+
+@pytest.mark.parametrize(
+    "stored, message_end",
+    [("current", "reused {path}"),
+     (None, "reused {path} (its data fingerprint was not recorded)"),
+     ("0000000000000000", "stale: trained on other data files (fingerprint 0000000000000000, now {now}), left out")],
+)
+def test_cached_runs_are_reused_only_on_the_files_they_were_trained_on(tmp_path, stored, message_end):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "d.inter").write_text(INTER)
+    now = data_fingerprint(tmp_path / "d", "d")
+    overrides = {"data_path": str(tmp_path)}
+    files = [str(f) for f in model_config_files("d", "Pop", tmp_path)]
+    run = record("Pop", 2020, 0.1)
+    run.config_hash = config_hash("Pop", "d", 2020, "leave_one_out", files, overrides)
+    run.data_fingerprint = now if stored == "current" else stored
+    path = tmp_path / "out" / "d-runs" / "Pop-leave_one_out-seed2020.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(run.to_json()))
+    messages = []
+    records = compare("d", ["Pop"], seeds=1, out=tmp_path / "out", groups=["leave_one_out"], overrides=overrides,
+                      config_dir=tmp_path, progress=messages.append, report_only=True)
+    assert messages == [f"[1/1] Pop leave_one_out seed 2020: {message_end.format(path=path, now=now)}"]
+    assert len(records) == (0 if "stale" in message_end else 1)
+
+
 @pytest.mark.slow
 def test_compare_end_to_end_on_beauty_mini(beauty_mini_path, tmp_path, monkeypatch):
     from mind_recbole.compare import run_comparison
@@ -94,6 +149,8 @@ def test_compare_end_to_end_on_beauty_mini(beauty_mini_path, tmp_path, monkeypat
     run_comparison("amazon-beauty-mini", ["MIND", "DIN", "Pop"], [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
                    overrides=overrides, progress=messages.append)
     assert sum("reused" in m for m in messages) == 5 and not any(": training" in m for m in messages)
+    assert not any("not recorded" in m for m in messages)
+    assert {r["data_fingerprint"] for r in payload["runs"]} == {data_fingerprint(beauty_mini_path / "amazon-beauty-mini", "amazon-beauty-mini")}
 
 
 @pytest.mark.parametrize("name", ["MIND", "SASRec"])

@@ -101,6 +101,7 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
         f"`{dataset}-runs/`, all of them in `{dataset}.json`.",
         "",
     ]
+    lines += _data_lines(records)
     if missing:
         lines += [f"**Not in these tables** (asked for, no finished run in `{dataset}-runs/`): {', '.join(missing)}.", ""]
     lines += ["## Setting", ""]
@@ -125,6 +126,20 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
     for file in _unique(str(Path(f).resolve()) for f in [*config_files, *(f for r in records for f in r.config_files)]):
         lines += [f"`{_display(file)}`:", "", "```yaml", Path(file).read_text().rstrip(), "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _data_lines(records):
+    """Which atomic files the runs were trained on (:func:`~mind_recbole.compare.runner.data_fingerprint`)."""
+    fingerprints = _unique(r.data_fingerprint for r in records if r.data_fingerprint)
+    unrecorded = [f"{r.model} ({r.group}, seed {r.seed})" for r in records if not r.data_fingerprint]
+    lines = []
+    if fingerprints:
+        lines += [f"Atomic files: SHA-256 `{'`, `'.join(fingerprints)}` ({len(records) - len(unrecorded)} runs).", ""]
+    if unrecorded:
+        lines += [f"**Data not verified** for {len(unrecorded)} of {len(records)} runs, trained before data "
+                  f"fingerprints were recorded (their atomic files cannot be checked against today's): "
+                  f"{', '.join(unrecorded)}.", ""]
+    return lines
 
 
 def _metric_table(by_model):

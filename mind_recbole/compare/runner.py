@@ -12,8 +12,9 @@ Each (model, seed) gets up to two trainings:
   the catalogue from a history takes part.
 
 Every run is written to ``OUT/DATASET-runs/MODEL-PROTOCOL-seedSEED.json`` with a hash of its
-configuration; a later ``compare`` reuses a run whose hash matches, so an interrupted comparison
-resumes where it stopped and a changed config is retrained.
+configuration and a fingerprint of the atomic files it was trained on; a later ``compare`` reuses a
+run whose hash and fingerprint match, so an interrupted comparison resumes where it stopped, and a
+changed config or re-prepared data different from before is retrained.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ SAMPLED_MODE = "uni100"
 # Settings that change speed or logging, not results: left out of a run's hash, so a run trained
 # with one torch thread is reused by a comparison run with two.
 RUNTIME_KEYS = ("torch_threads", "malloc_tuning", "show_progress", "state")
+ATOMIC_SUFFIXES = (".inter", ".item", ".user")  # the files a run reads (ComiRec's split is derived from them)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class RunRecord:
     diagnostics: dict = field(default_factory=dict)
     wall_seconds: float = 0.0
     saved_model_file: str | None = None
+    data_fingerprint: str | None = None  # None: trained before fingerprints were recorded
 
     @property
     def epochs(self):
@@ -108,6 +111,35 @@ def config_hash(model, dataset, seed, group, config_files, overrides):
     settings = [yaml.safe_load(Path(file).read_text()) for file in config_files]
     payload = [model, dataset, seed, group, overrides, settings]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(data_dir, dataset):
+    """SHA-256 (16 hex digits) of ``DATA_DIR/DATASET.inter`` and the ``.item`` / ``.user`` files present.
+
+    Leave-one-out splits by time, so re-prepared files that differ in as little as the order of two
+    same-day reviews change test targets: runs are only comparable on one fingerprint.
+    """
+    data_dir = Path(data_dir)
+    if not (data_dir / f"{dataset}.inter").is_file():
+        raise FileNotFoundError(f"{data_dir / f'{dataset}.inter'}: no such file (prepare the dataset first)")
+    digest = hashlib.sha256()
+    for suffix in ATOMIC_SUFFIXES:
+        path = data_dir / f"{dataset}{suffix}"
+        if path.is_file():
+            digest.update(suffix.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _stale_reason(cached, digest, fingerprint):
+    """Why a cached run cannot be reused (None: it can)."""
+    if cached.config_hash != digest:
+        return "its settings changed"
+    if cached.data_fingerprint not in (None, fingerprint):
+        return f"trained on other data files (fingerprint {cached.data_fingerprint}, now {fingerprint})"
+    return None
 
 
 def leave_one_out_config(model, dataset, config_files, seed, overrides, sampled=False):
@@ -263,6 +295,7 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
     run_dir = Path(out) / f"{dataset}-runs"
     run_dir.mkdir(parents=True, exist_ok=True)
     base_seed = int(overrides.pop("seed", 2020))
+    data_dir = build_config("Pop", dataset, list(config_files), overrides)["data_path"]
     plan = [
         (model, base_seed + i, group)
         for group in groups for model in models for i in range(seeds)
@@ -273,21 +306,26 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
         files = [str(f) for f in (*config_files, *model_config_files(dataset, model, config_dir))]
         digest = config_hash(model, dataset, seed, group, files, overrides)
         path = run_dir / f"{model}-{group}-seed{seed}.json"
+        fingerprint = data_fingerprint(data_dir, dataset)  # per run: the files could be re-prepared meanwhile
+        unusable = f"missing (not in {run_dir})"
         if not rerun and path.is_file():
             cached = RunRecord.from_json(json.loads(path.read_text()))
-            if cached.config_hash == digest:
-                progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: reused {path}")
+            stale = _stale_reason(cached, digest, fingerprint)
+            if stale is None:
+                unchecked = "" if cached.data_fingerprint else " (its data fingerprint was not recorded)"
+                progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: reused {path}{unchecked}")
                 records.append(cached)
                 continue
+            unusable = f"stale: {stale}"
         if report_only:
-            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: missing (not in {run_dir}), left out")
+            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: {unusable}, left out")
             continue
         progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: training ({', '.join(files)})")
         if group == "leave_one_out":
             record = run_leave_one_out(model, dataset, files, seed, overrides, category_field)
         else:
             record = run_multi_interest(model, dataset, files, seed, overrides)
-        record.config_hash, record.config_files = digest, files
+        record.config_hash, record.config_files, record.data_fingerprint = digest, files, fingerprint
         _write_json(path, record.to_json())
         headline = {p: round(m.get("recall@50", float("nan")), 4) for p, m in record.results.items()}
         progress(
