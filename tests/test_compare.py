@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mind_recbole.compare.report import aggregate, render_markdown
+from mind_recbole.compare.report import aggregate, model_colors, render_markdown
 from mind_recbole.compare.runner import RunRecord, compare, config_hash, data_fingerprint, model_config_files
 from tests.conftest import AMAZON_CONFIG
 
@@ -60,6 +60,13 @@ SMALL = {
     "epochs": 1, "MAX_ITEM_LIST_LENGTH": 20, "embedding_size": 16, "num_negatives": 64, "train_batch_size": 512,
     "state": "WARNING", "use_gpu": False,
 }
+
+
+def test_plot_gives_each_model_one_colour_in_every_panel():
+    records = [record("MIND", 1, 0.2), record("Pop", 1, 0.1), record("DIN", 1, 0.8, protocol="sampled"),
+               record("MIND", 1, 0.9, protocol="sampled")]
+    colors = model_colors(aggregate(records))
+    assert colors == {"DIN": "C0", "MIND": "C1", "Pop": "C2"}  # MIND keeps C1 in the panel without DIN too
 
 
 def test_markdown_names_the_data_fingerprint_and_the_runs_without_one():

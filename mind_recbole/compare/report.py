@@ -212,13 +212,14 @@ def plot_recall(dataset, table, path):
     except ImportError:
         return None
     panels = [p for p in ("full", "multi_interest", "sampled") if p in table]
+    colors = model_colors(table)
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for axis, protocol in zip(axes[0], panels):
         for model, metrics in sorted(table[protocol].items()):
             cutoffs = sorted(int(m.split("@")[1]) for m in metrics if m.startswith("recall@"))
             means = [metrics[f"recall@{n}"][0] for n in cutoffs]
             stds = [metrics[f"recall@{n}"][1] for n in cutoffs]
-            axis.errorbar(cutoffs, means, yerr=stds, marker="o", capsize=3, label=model,
+            axis.errorbar(cutoffs, means, yerr=stds, marker="o", capsize=3, label=model, color=colors[model],
                           linewidth=2.5 if model == "MIND" else 1.2)
         axis.set_title(PROTOCOLS[protocol], fontsize=9)
         axis.set_xlabel("N")
@@ -232,6 +233,12 @@ def plot_recall(dataset, table, path):
     plt.close(figure)
     temporary.replace(path)
     return path
+
+
+def model_colors(table):
+    """One matplotlib colour per model, the same in every panel (DIN appears in one panel only)."""
+    models = sorted({model for by_model in table.values() for model in by_model})
+    return {model: f"C{index % 10}" for index, model in enumerate(models)}
 
 
 def _display(file):
