@@ -295,7 +295,7 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
     run_dir = Path(out) / f"{dataset}-runs"
     run_dir.mkdir(parents=True, exist_ok=True)
     base_seed = int(overrides.pop("seed", 2020))
-    data_dir = build_config("Pop", dataset, list(config_files), overrides)["data_path"]
+    fingerprint = data_fingerprint(build_config("Pop", dataset, list(config_files), overrides)["data_path"], dataset)
     plan = [
         (model, base_seed + i, group)
         for group in groups for model in models for i in range(seeds)
@@ -306,7 +306,6 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
         files = [str(f) for f in (*config_files, *model_config_files(dataset, model, config_dir))]
         digest = config_hash(model, dataset, seed, group, files, overrides)
         path = run_dir / f"{model}-{group}-seed{seed}.json"
-        fingerprint = data_fingerprint(data_dir, dataset)  # per run: the files could be re-prepared meanwhile
         unusable = f"missing (not in {run_dir})"
         if not rerun and path.is_file():
             cached = RunRecord.from_json(json.loads(path.read_text()))
