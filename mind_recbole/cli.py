@@ -113,7 +113,11 @@ def build_parser():
         help="leave_one_out (full ranking and 100 sampled negatives) and/or multi_interest (ComiRec's)",
     )
     compare.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results)")
-    compare.add_argument("--rerun", action="store_true", help="retrain runs whose results are already in OUT")
+    compare.add_argument(
+        "--rerun", action="store_true",
+        help="retrain every run from scratch, even those already in OUT (without it, a run stopped part-way "
+             "resumes from its last checkpoint)",
+    )
     compare.add_argument(
         "--report-only", action="store_true", help="train nothing: rewrite the report from the runs already in OUT"
     )

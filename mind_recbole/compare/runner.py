@@ -13,8 +13,8 @@ Each (model, seed) gets up to two trainings:
 
 Every run is written to ``OUT/DATASET-runs/MODEL-PROTOCOL-seedSEED.json`` with a hash of its
 configuration and a fingerprint of the atomic files it was trained on; a later ``compare`` reuses a
-run whose hash and fingerprint match, so an interrupted comparison resumes where it stopped, and a
-changed config or re-prepared data different from before is retrained.
+run whose hash and fingerprint match, and retrains one whose config or data changed. A run stopped
+part-way resumes from its last checkpoint (:mod:`mind_recbole.compare.progress`) unless ``rerun``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,10 @@ from pathlib import Path
 
 import yaml
 
-from mind_recbole.quick_start import build_config, prepare_training, read_checkpoint, record_training_epochs
+from mind_recbole.compare.progress import RunProgress, partial_path, read_partial, write_json
+from mind_recbole.quick_start import (
+    build_config, install_training_state, prepare_training, read_checkpoint, record_training_epochs, resume_training,
+)
 
 DEFAULT_MODELS = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
 CTR_MODELS = ("DIN",)  # RecBole's DIN scores given (user, item) pairs: no full ranking
@@ -151,14 +153,14 @@ def leave_one_out_config(model, dataset, config_files, seed, overrides, sampled=
     return build_config(model, dataset, config_files, {"seed": seed, **overrides, "eval_args": eval_args})
 
 
-def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, category_field):
+def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, category_field, progress=None):
     """Train with early stopping on validation; score the test split on both protocols."""
     from recbole.utils import init_seed
 
     from mind_recbole.evaluation.diagnostics import interest_diagnostics, item_categories
 
     config = leave_one_out_config(model_name, dataset_name, config_files, seed, overrides)
-    record, trainer, dataset, (train_data, valid_data, test_data) = _train(config)
+    record, trainer, dataset, (train_data, valid_data, test_data) = _train(config, progress=progress)
     if model_name not in CTR_MODELS:
         record.results["full"] = _floats(trainer.evaluate(test_data, load_best_model=True))
         categories = item_categories(dataset, category_field)
@@ -214,7 +216,7 @@ def scores_from_full_ranking(model, enabled=True):
         del model.predict  # back to the class's method
 
 
-def run_multi_interest(model_name, dataset_name, config_files, seed, overrides):
+def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, progress=None):
     """ComiRec's protocol: train on 80 % of the users, early-stop on 10 %, test on the other 10 %."""
     from recbole.data import data_preparation
 
@@ -246,7 +248,7 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides):
     def before_fit(trainer):
         multi_interest.validate_with(trainer, holder["valid"])
 
-    record, trainer, _, _ = _train(config, prepare, before_fit=before_fit, group="multi_interest")
+    record, trainer, _, _ = _train(config, prepare, before_fit=before_fit, group="multi_interest", progress=progress)
     checkpoint = read_checkpoint(trainer.saved_model_file)  # the best validation epoch's weights
     trainer.model.load_state_dict(checkpoint["state_dict"])
     trainer.model.load_other_parameter(checkpoint.get("other_parameter"))
@@ -258,21 +260,38 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides):
     return record
 
 
-def _train(config, prepare_data=None, before_fit=None, group="leave_one_out"):
-    """Build data, model and RecBole trainer from ``config`` and fit; the record and the objects."""
-    started = time.perf_counter()
-    dataset, loaders, trainer = prepare_training(config, prepare_data)
+def _train(config, prepare_data=None, before_fit=None, group="leave_one_out", progress=None):
+    """Build data, model and RecBole trainer from ``config`` and fit; the record and the objects.
+
+    ``progress`` (:class:`RunProgress`): the partial run to resume, if any, and where to record
+    each checkpoint so that a stopped run can be resumed.
+    """
+    resume = progress.resume_from if progress else None
+    started = time.perf_counter() - (resume.wall_seconds if resume else 0.0)
+    dataset, loaders, trainer = prepare_training(config, prepare_data, checkpoint_file=resume and resume.checkpoint)
     if before_fit:
         before_fit(trainer)
+    install_training_state(trainer, loaders[0], dataset)  # checkpoints hold what an exact resume needs
+    if resume:
+        resume_training(trainer, resume.checkpoint, loaders[0], dataset)
     record = RunRecord(
         model=config["model"], dataset=config["dataset"], seed=config["seed"], group=group,
         config_hash="", config_files=[], valid_metric=config["valid_metric"], eval_step=config["eval_step"],
         parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     )
     record.epoch_seconds, _ = record_training_epochs(trainer)
+    if resume:
+        record.epoch_seconds.extend(resume.epoch_seconds)
+        record.valid_scores.extend(resume.valid_scores)
+
+    def after_validation(epoch, score):
+        record.valid_scores.append(float(score))
+        if progress and trainer.cur_step == 0:  # this validation improved: RecBole just wrote the checkpoint
+            progress.save(trainer.saved_model_file, epoch, config["epochs"], record.valid_scores,
+                          record.epoch_seconds, time.perf_counter() - started)
+
     _, best_valid = trainer.fit(
-        loaders[0], loaders[1], saved=True, show_progress=config["show_progress"],
-        callback_fn=lambda epoch, score: record.valid_scores.append(float(score)),
+        loaders[0], loaders[1], saved=True, show_progress=config["show_progress"], callback_fn=after_validation,
     )
     record.best_valid = _floats(best_valid or {})
     record.saved_model_file = trainer.saved_model_file
@@ -307,7 +326,12 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
         digest = config_hash(model, dataset, seed, group, files, overrides)
         path = run_dir / f"{model}-{group}-seed{seed}.json"
         unusable = f"missing (not in {run_dir})"
-        if not rerun and path.is_file():
+        resume, not_resumed = None, None
+        if not (rerun or report_only):  # a training stopped part-way resumes before a finished run is reused
+            resume, not_resumed = read_partial(partial_path(path), digest, fingerprint)
+        if not_resumed:
+            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: not resumed: {not_resumed}")
+        if resume is None and not rerun and path.is_file():
             cached = RunRecord.from_json(json.loads(path.read_text()))
             stale = _stale_reason(cached, digest, fingerprint)
             if stale is None:
@@ -319,13 +343,19 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
         if report_only:
             progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: {unusable}, left out")
             continue
-        progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: training ({', '.join(files)})")
-        if group == "leave_one_out":
-            record = run_leave_one_out(model, dataset, files, seed, overrides, category_field)
+        if resume:
+            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: resuming from {resume.checkpoint} "
+                     f"(epochs 0-{resume.epoch} done, {resume.wall_seconds / 60:.1f} min)")
         else:
-            record = run_multi_interest(model, dataset, files, seed, overrides)
+            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: training ({', '.join(files)})")
+        tracking = RunProgress(partial_path(path), digest, fingerprint, resume)
+        if group == "leave_one_out":
+            record = run_leave_one_out(model, dataset, files, seed, overrides, category_field, tracking)
+        else:
+            record = run_multi_interest(model, dataset, files, seed, overrides, tracking)
         record.config_hash, record.config_files, record.data_fingerprint = digest, files, fingerprint
-        _write_json(path, record.to_json())
+        write_json(path, record.to_json())
+        tracking.finish()
         headline = {p: round(m.get("recall@50", float("nan")), 4) for p, m in record.results.items()}
         progress(
             f"[{number}/{len(plan)}] {model} {group} seed {seed}: recall@50 {headline}, "
@@ -334,9 +364,3 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
         logging.getLogger().handlers.clear()  # RecBole's init_logger adds handlers on every run
         records.append(record)
     return records
-
-
-def _write_json(path, payload):
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    temporary.replace(path)

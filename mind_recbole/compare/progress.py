@@ -1,0 +1,95 @@
+"""An unfinished ``compare`` run: what it needs to resume from its last checkpoint.
+
+A run's result is written only when it ends, and a leave-one-out SASRec takes hours on 2 cores,
+so a stopped comparison used to lose its run in progress. While a run trains, every checkpoint
+(RecBole writes one after each validation that improved) is followed by
+``OUT/DATASET-runs/MODEL-GROUP-seedSEED.partial.json``: the checkpoint's path and epoch, the run's
+hash and data fingerprint, and what the run has measured so far (validation scores, epoch
+seconds, wall time). A later ``compare`` that finds it, on the same settings and files, resumes
+training from that checkpoint with the random generators restored
+(:func:`mind_recbole.quick_start.resume_training`), so the finished run equals an uninterrupted
+one; the epochs between the checkpoint and the stop are trained again. The file is removed when
+the run's result is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class PartialRun:
+    """How far a run got: the checkpoint to resume from and the measurements up to it."""
+
+    config_hash: str
+    data_fingerprint: str
+    checkpoint: str
+    epoch: int  # 0-based epoch the checkpoint holds
+    epochs: int  # the run's epoch budget
+    valid_scores: list
+    epoch_seconds: list
+    wall_seconds: float
+
+
+@dataclass
+class RunProgress:
+    """Where a training records its checkpoints as it goes, and the partial run it resumes (if any)."""
+
+    path: Path
+    config_hash: str
+    data_fingerprint: str
+    resume_from: PartialRun | None = None
+
+    def save(self, checkpoint, epoch, epochs, valid_scores, epoch_seconds, wall_seconds):
+        """RecBole just wrote ``checkpoint`` after (0-based) ``epoch``: record it and the measurements so far."""
+        write_partial(self.path, PartialRun(
+            self.config_hash, self.data_fingerprint, str(Path(checkpoint).resolve()), epoch, epochs,
+            list(valid_scores), list(epoch_seconds), wall_seconds,
+        ))
+
+    def finish(self):
+        """The run's result is written: its partial file goes."""
+        Path(self.path).unlink(missing_ok=True)
+
+
+def partial_path(run_path):
+    """``X.partial.json`` beside the run's result ``X.json``."""
+    run_path = Path(run_path)
+    return run_path.with_name(f"{run_path.stem}.partial.json")
+
+
+def write_partial(path, partial):
+    """Write ``partial`` (a :class:`PartialRun`) to ``path``, atomically."""
+    write_json(path, asdict(partial))
+
+
+def write_json(path, payload):
+    """Write ``payload`` under a temporary name, then rename: a stop while writing keeps the old file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def read_partial(path, config_hash, data_fingerprint):
+    """``(PartialRun, None)`` if the partial run at ``path`` can be resumed, else ``(None, why not)``;
+    ``(None, None)`` where there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None, None
+    try:
+        partial = PartialRun(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        return None, f"{path} is unreadable ({error})"
+    if partial.config_hash != config_hash:
+        return None, f"{path} was trained with other settings"
+    if partial.data_fingerprint != data_fingerprint:
+        return None, f"{path} was trained on other data files (fingerprint {partial.data_fingerprint})"
+    if not Path(partial.checkpoint).is_file():
+        return None, f"{path}: its checkpoint {partial.checkpoint} is gone"
+    if partial.epoch + 1 >= partial.epochs:
+        return None, f"{path}: its checkpoint is the last epoch's (the run stopped while testing)"
+    return partial, None
