@@ -34,8 +34,8 @@ def test_a_partial_run_is_resumed_only_on_its_settings_files_and_checkpoint(tmp_
     write_partial(path, partial(checkpoint, epoch=1))
     resumed, why_not = read_partial(path, "h", "f")
     assert why_not is None and resumed.epoch == 1 and resumed.valid_scores == [0.1, 0.1]
-    assert read_partial(path, "other", "f") == (None, f"{path} was trained with other settings")
-    assert read_partial(path, "h", "g") == (None, f"{path} was trained on other data files (fingerprint f)")
+    assert read_partial(path, "other", "f") == (None, f"{path}: its settings changed")
+    assert read_partial(path, "h", "g") == (None, f"{path}: trained on other data files (fingerprint f, now g)")
 
     write_partial(path, partial(checkpoint, epoch=2, epochs=3))
     assert read_partial(path, "h", "f") == (

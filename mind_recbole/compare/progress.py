@@ -74,6 +74,16 @@ def write_json(path, payload):
     temporary.replace(path)
 
 
+def stale_reason(run, config_hash, data_fingerprint):
+    """Why ``run`` (a finished :class:`~mind_recbole.compare.runner.RunRecord` or a :class:`PartialRun`)
+    does not belong to these settings and files (None: it does; a run without a fingerprint passes)."""
+    if run.config_hash != config_hash:
+        return "its settings changed"
+    if run.data_fingerprint not in (None, data_fingerprint):
+        return f"trained on other data files (fingerprint {run.data_fingerprint}, now {data_fingerprint})"
+    return None
+
+
 def read_partial(path, config_hash, data_fingerprint):
     """``(PartialRun, None)`` if the partial run at ``path`` can be resumed, else ``(None, why not)``;
     ``(None, None)`` where there is none."""
@@ -84,10 +94,9 @@ def read_partial(path, config_hash, data_fingerprint):
         partial = PartialRun(**json.loads(path.read_text()))
     except (ValueError, TypeError) as error:
         return None, f"{path} is unreadable ({error})"
-    if partial.config_hash != config_hash:
-        return None, f"{path} was trained with other settings"
-    if partial.data_fingerprint != data_fingerprint:
-        return None, f"{path} was trained on other data files (fingerprint {partial.data_fingerprint})"
+    stale = stale_reason(partial, config_hash, data_fingerprint)
+    if stale:
+        return None, f"{path}: {stale}"
     if not Path(partial.checkpoint).is_file():
         return None, f"{path}: its checkpoint {partial.checkpoint} is gone"
     if partial.epoch + 1 >= partial.epochs:

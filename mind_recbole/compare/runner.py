@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from mind_recbole.compare.progress import RunProgress, partial_path, read_partial, write_json
+from mind_recbole.compare.progress import RunProgress, partial_path, read_partial, stale_reason, write_json
 from mind_recbole.quick_start import (
     build_config, install_training_state, prepare_training, read_checkpoint, record_training_epochs, resume_training,
 )
@@ -133,15 +133,6 @@ def data_fingerprint(data_dir, dataset):
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def _stale_reason(cached, digest, fingerprint):
-    """Why a cached run cannot be reused (None: it can)."""
-    if cached.config_hash != digest:
-        return "its settings changed"
-    if cached.data_fingerprint not in (None, fingerprint):
-        return f"trained on other data files (fingerprint {cached.data_fingerprint}, now {fingerprint})"
-    return None
 
 
 def leave_one_out_config(model, dataset, config_files, seed, overrides, sampled=False):
@@ -333,7 +324,7 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
             progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: not resumed: {not_resumed}")
         if resume is None and not rerun and path.is_file():
             cached = RunRecord.from_json(json.loads(path.read_text()))
-            stale = _stale_reason(cached, digest, fingerprint)
+            stale = stale_reason(cached, digest, fingerprint)
             if stale is None:
                 unchecked = "" if cached.data_fingerprint else " (its data fingerprint was not recorded)"
                 progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: reused {path}{unchecked}")
