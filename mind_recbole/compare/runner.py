@@ -144,14 +144,14 @@ def leave_one_out_config(model, dataset, config_files, seed, overrides, sampled=
     return build_config(model, dataset, config_files, {"seed": seed, **overrides, "eval_args": eval_args})
 
 
-def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, category_field, progress=None):
+def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, category_field, tracking=None):
     """Train with early stopping on validation; score the test split on both protocols."""
     from recbole.utils import init_seed
 
     from mind_recbole.evaluation.diagnostics import interest_diagnostics, item_categories
 
     config = leave_one_out_config(model_name, dataset_name, config_files, seed, overrides)
-    record, trainer, dataset, (train_data, valid_data, test_data) = _train(config, progress=progress)
+    record, trainer, dataset, (train_data, valid_data, test_data) = _train(config, tracking=tracking)
     if model_name not in CTR_MODELS:
         record.results["full"] = _floats(trainer.evaluate(test_data, load_best_model=True))
         categories = item_categories(dataset, category_field)
@@ -207,7 +207,7 @@ def scores_from_full_ranking(model, enabled=True):
         del model.predict  # back to the class's method
 
 
-def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, progress=None):
+def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, tracking=None):
     """ComiRec's protocol: train on 80 % of the users, early-stop on 10 %, test on the other 10 %."""
     from recbole.data import data_preparation
 
@@ -239,7 +239,7 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, 
     def before_fit(trainer):
         multi_interest.validate_with(trainer, holder["valid"])
 
-    record, trainer, _, _ = _train(config, prepare, before_fit=before_fit, group="multi_interest", progress=progress)
+    record, trainer, _, _ = _train(config, prepare, before_fit=before_fit, group="multi_interest", tracking=tracking)
     checkpoint = read_checkpoint(trainer.saved_model_file)  # the best validation epoch's weights
     trainer.model.load_state_dict(checkpoint["state_dict"])
     trainer.model.load_other_parameter(checkpoint.get("other_parameter"))
@@ -251,13 +251,13 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, 
     return record
 
 
-def _train(config, prepare_data=None, before_fit=None, group="leave_one_out", progress=None):
+def _train(config, prepare_data=None, before_fit=None, group="leave_one_out", tracking=None):
     """Build data, model and RecBole trainer from ``config`` and fit; the record and the objects.
 
-    ``progress`` (:class:`RunProgress`): the partial run to resume, if any, and where to record
+    ``tracking`` (:class:`RunProgress`): the partial run to resume, if any, and where to record
     each checkpoint so that a stopped run can be resumed.
     """
-    resume = progress.resume_from if progress else None
+    resume = tracking.resume_from if tracking else None
     started = time.perf_counter() - (resume.wall_seconds if resume else 0.0)
     dataset, loaders, trainer = prepare_training(config, prepare_data, checkpoint_file=resume and resume.checkpoint)
     if before_fit:
@@ -277,8 +277,8 @@ def _train(config, prepare_data=None, before_fit=None, group="leave_one_out", pr
 
     def after_validation(epoch, score):
         record.valid_scores.append(float(score))
-        if progress and trainer.cur_step == 0:  # this validation improved: RecBole just wrote the checkpoint
-            progress.save(trainer.saved_model_file, epoch, config["epochs"], record.valid_scores,
+        if tracking and trainer.cur_step == 0:  # this validation improved: RecBole just wrote the checkpoint
+            tracking.save(trainer.saved_model_file, epoch, config["epochs"], record.valid_scores,
                           record.epoch_seconds, time.perf_counter() - started)
 
     _, best_valid = trainer.fit(
