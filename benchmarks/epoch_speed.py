@@ -1,17 +1,26 @@
-"""Seconds per training epoch: RecBole 1.2.1 as shipped vs. with our runtime settings.
+"""Seconds per training epoch: RecBole 1.2.1 as shipped vs. with our runtime settings, on an
+idle machine or beside one busy process.
 
-Each setting runs in its own process (anomaly mode, thread count and malloc options are
-process-wide), one after the other, so measure with nothing else running. Settings are cumulative:
+Each setting runs in its own process (anomaly mode, thread count, OpenMP's wait policy and malloc
+options are process-wide), one after the other, so measure with nothing else running. Settings
+are cumulative:
 
   shipped       anomaly detection on (what importing RecBole's SINE does), torch's default threads
-                (one per core), glibc's default malloc thresholds
+                (one per core), OpenMP's default spinning wait (GOMP_SPINCOUNT=300000, what libgomp
+                does when OMP_WAIT_POLICY is unset), glibc's default malloc thresholds
   anomaly-off   + anomaly detection off (mind_recbole.compat)
-  malloc        + raised mmap / trim thresholds (mind_recbole.performance) = what run_recbole does
-  one-thread    + torch_threads=1 (the setting for a machine busy with other work)
+  malloc        + raised mmap / trim thresholds (mind_recbole.performance)
+  passive       + OMP_WAIT_POLICY=PASSIVE (mind_recbole.threads) = what run_recbole does
+  one-thread    + torch_threads=1
+
+``--beside-busy`` runs every setting a second time beside one busy process (one torch thread
+multiplying matrices, as another training would; stopped when the benchmark ends, and after
+``--busy-limit`` seconds at the latest), the situation of a shared machine.
 
 Usage:
   python benchmarks/epoch_speed.py --model SASRec --dataset ml-100k
-  python benchmarks/epoch_speed.py --model MIND --dataset amazon-beauty --out results/epoch_speed.md
+  python benchmarks/epoch_speed.py --model MIND --dataset amazon-beauty --config configs/amazon-beauty.yaml \
+      --settings malloc,passive,one-thread --beside-busy --out results/epoch_speed.md
 
 Prints a Markdown table (and appends it to --out).
 """
@@ -24,11 +33,22 @@ import sys
 import time
 from pathlib import Path
 
-SETTINGS = ("shipped", "anomaly-off", "malloc", "one-thread")
+SETTINGS = ("shipped", "anomaly-off", "malloc", "passive", "one-thread")
+SPINNING = {"GOMP_SPINCOUNT": "300000"}  # libgomp's spin count when no wait policy is given
+BUSY_LOOP = (
+    "import sys, time, torch\n"
+    "torch.set_num_threads(1)\n"
+    "matrix, deadline = torch.randn(384, 384), time.monotonic() + float(sys.argv[1])\n"
+    "while time.monotonic() < deadline:\n"
+    "    matrix = torch.tanh(matrix @ matrix)\n"
+)
 
 
 def run_one(model, dataset, setting, epochs, config_files):
     """Train ``epochs`` epochs under ``setting`` in this process; print a JSON line of timings."""
+    from mind_recbole.threads import configure_openmp
+
+    configure_openmp()  # a no-op under the spinning settings, whose GOMP_SPINCOUNT the parent set
     import torch
 
     from mind_recbole import compat
@@ -39,7 +59,7 @@ def run_one(model, dataset, setting, epochs, config_files):
     torch.autograd.set_detect_anomaly(level < 1)
     config_dict = {
         "epochs": epochs,
-        "torch_threads": 1 if level >= 3 else None,
+        "torch_threads": 1 if level >= 4 else None,
         "malloc_tuning": level >= 2,
         "show_progress": False,
         "state": "WARNING",
@@ -47,7 +67,37 @@ def run_one(model, dataset, setting, epochs, config_files):
     }
     sys.argv = sys.argv[:1]
     result = run_recbole(model=model, dataset=dataset, config_file_list=config_files, config_dict=config_dict, saved=False)
-    print(json.dumps({"setting": setting, "threads": torch.get_num_threads(), "epoch_seconds": result["train_epoch_seconds"]}))
+    print(json.dumps({"setting": setting, "threads": torch.get_num_threads(),
+                      "wait_policy": os.environ.get("OMP_WAIT_POLICY", "spin"),
+                      "epoch_seconds": result["train_epoch_seconds"]}))
+
+
+def measure(args, setting):
+    """One setting in a child process; its JSON record plus the process's wall time."""
+    command = [sys.executable, __file__, "--model", args.model, "--dataset", args.dataset,
+               "--epochs", str(args.epochs), "--one", setting]
+    for config in args.config:
+        command += ["--config", config]
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if SETTINGS.index(setting) < SETTINGS.index("passive"):
+        environ.update(SPINNING)
+    start = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, env=environ)
+    if completed.returncode != 0:
+        sys.exit(f"{setting}: failed\n{completed.stderr[-3000:]}")
+    record = json.loads(completed.stdout.strip().splitlines()[-1])
+    record["process_seconds"] = time.perf_counter() - start
+    return record
+
+
+def measure_beside_busy(args, setting):
+    busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(args.busy_limit)])
+    try:
+        time.sleep(2)  # the busy process is running before the measured one starts
+        return measure(args, setting)
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def main():
@@ -57,6 +107,8 @@ def main():
     parser.add_argument("--config", action="append", default=[], help="RecBole YAML (repeatable)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {SETTINGS}")
+    parser.add_argument("--beside-busy", action="store_true", help="also measure each setting beside one busy process")
+    parser.add_argument("--busy-limit", type=float, default=3600.0, help="the busy process stops after this many seconds")
     parser.add_argument("--out", type=Path, help="append the Markdown table to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
     args = parser.parse_args()
@@ -67,31 +119,34 @@ def main():
 
     rows = []
     for setting in args.settings.split(","):
-        command = [sys.executable, __file__, "--model", args.model, "--dataset", args.dataset,
-                   "--epochs", str(args.epochs), "--one", setting]
-        for config in args.config:
-            command += ["--config", config]
-        start = time.perf_counter()
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        if completed.returncode != 0:
-            sys.exit(f"{setting}: failed\n{completed.stderr[-3000:]}")
-        record = json.loads(completed.stdout.strip().splitlines()[-1])
-        record["process_seconds"] = time.perf_counter() - start
-        rows.append(record)
-        print(f"{setting}: {record['epoch_seconds']}", file=sys.stderr)
+        for machine, runner in (("idle", measure), ("beside 1 busy", measure_beside_busy)):
+            if machine != "idle" and not args.beside_busy:
+                continue
+            record = runner(args, setting)
+            record["machine"] = machine
+            rows.append(record)
+            print(f"{setting} ({machine}): {record['epoch_seconds']}", file=sys.stderr)
 
-    baseline = sum(rows[0]["epoch_seconds"]) / len(rows[0]["epoch_seconds"])
+    def per_epoch(row):
+        return sum(row["epoch_seconds"]) / len(row["epoch_seconds"])
+
+    baseline = per_epoch(rows[0])
+    idle = {row["setting"]: per_epoch(row) for row in rows if row["machine"] == "idle"}
+    command = (f"python benchmarks/epoch_speed.py --model {args.model} --dataset {args.dataset}"
+               + "".join(f" --config {c}" for c in args.config)
+               + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
+               + f" --settings {args.settings}" + (" --beside-busy" if args.beside_busy else ""))
     lines = [
-        f"{args.model} on {args.dataset}, {args.epochs} epoch(s), {os.cpu_count()} CPUs "
-        f"(`python benchmarks/epoch_speed.py --model {args.model} --dataset {args.dataset}"
-        + "".join(f" --config {c}" for c in args.config) + "`)",
+        f"{args.model} on {args.dataset}, {args.epochs} epoch(s), {os.cpu_count()} CPUs (`{command}`)",
         "",
-        "| setting | torch threads | s / epoch | speed-up vs shipped |",
-        "| --- | ---: | ---: | ---: |",
+        "| setting | machine | torch threads | OpenMP wait | s / epoch | speed-up vs first row | slow-down vs idle |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
     for row in rows:
-        seconds = sum(row["epoch_seconds"]) / len(row["epoch_seconds"])
-        lines.append(f"| {row['setting']} | {row['threads']} | {seconds:.1f} | {baseline / seconds:.2f}x |")
+        seconds = per_epoch(row)
+        slowdown = f"{seconds / idle[row['setting']]:.2f}x" if row["setting"] in idle else "-"
+        lines.append(f"| {row['setting']} | {row['machine']} | {row['threads']} | {row['wait_policy']} | "
+                     f"{seconds:.1f} | {baseline / seconds:.2f}x | {slowdown} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -32,7 +32,11 @@ keeps the ``max_seq_length`` most recent items, as training did.
 import datetime
 import io
 import json
+import os
+import shutil
+import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +72,10 @@ class ParityError(ValueError):
             f"ONNX Runtime and PyTorch differ on output {output_name!r}: max abs difference "
             f"{self.max_abs_diff:.3g} > atol {self.atol:g}{where}"
         )
+
+
+class UnsupportedModelError(ValueError):
+    """A checkpoint of a model that has no interest user tower to export (e.g. SASRec)."""
 
 
 class ExportError(RuntimeError):
@@ -496,9 +504,59 @@ def save_onnx(proto, path):
 
 
 def export_model(model, dataset, out_dir, opset=None, atol=1e-5, exporter="auto", checkpoint=None, check=True):
-    """Export an in-memory model (see :func:`export_user_tower`); the model is moved to CPU, eval mode."""
+    """Export an in-memory model (see :func:`export_user_tower`); the model is moved to CPU, eval mode.
+
+    The files are written to a temporary folder beside ``out_dir`` that replaces ``out_dir`` only
+    once everything, the parity check included, succeeded: ``out_dir`` is a complete export or
+    stays as it was (absent, or the previous export).
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_exportable(model)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--out {out_dir}: exists and is not a folder; give a folder for the export")
+    with staged_folder(out_dir) as staging:
+        result = _write_export(model, dataset, staging, opset, atol, exporter, checkpoint, check)
+    result.out_dir, result.onnx_path = out_dir, out_dir / result.onnx_path.name
+    result.files = [out_dir / Path(f).name for f in result.files]
+    return result
+
+
+def check_exportable(model):
+    """Raise :class:`UnsupportedModelError` for a model without an interest user tower."""
+    from mind_recbole.model.base import InterestRecommender
+
+    if not isinstance(model, InterestRecommender):
+        raise UnsupportedModelError(
+            f"cannot export a {type(model).__name__} model: export takes a MIND or YouTubeDNN checkpoint "
+            "(a user tower of interest vectors scored by max over interests)"
+        )
+
+
+@contextmanager
+def staged_folder(out_dir):
+    """A fresh folder beside ``out_dir`` that replaces it when the block succeeds; removed if it fails."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield staging
+        previous = None
+        if out_dir.exists():
+            previous = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, previous)
+        try:
+            os.replace(staging, out_dir)
+        except OSError:
+            if previous is not None:
+                os.replace(previous, out_dir)
+            raise
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, check):
+    """Write the export into the (empty) folder ``out_dir``; its :class:`ExportResult`."""
     model = model.to("cpu").eval()
     n_users = dataset.user_num if uses_user_id(model) else None
 
@@ -552,6 +610,7 @@ def export_user_tower(checkpoint, out_dir, opset=None, atol=1e-5, exporter="auto
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     _config, model, dataset, *_ = load_data_and_model(str(checkpoint))
+    check_exportable(model)
     return export_model(
         model, dataset, out_dir, opset=opset, atol=atol, exporter=exporter, checkpoint=checkpoint, check=check
     )

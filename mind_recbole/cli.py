@@ -13,15 +13,22 @@ Heavy imports (torch, RecBole) happen inside the sub-commands that need them.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from mind_recbole.config_files import DEFAULT_DATA_PATH, dataset_config_files
+from mind_recbole.known_warnings import hide_known_warnings
+from mind_recbole.threads import configure_openmp
+
+TRACEBACK_VARIABLE = "MIND_RECBOLE_TRACEBACK"  # set: unexpected errors show their traceback
 QUICKSTART_CONFIG = Path(__file__).resolve().parent / "properties" / "quickstart-ml-100k.yaml"
 
 
 def main(argv=None):
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    configure_openmp()  # before anything imports torch
+    hide_known_warnings()
     parser = build_parser()
     args, overrides = parser.parse_known_args(argv)
     args.raw_argv = list(sys.argv[1:] if argv is None else argv)[1:]
@@ -29,9 +36,36 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     try:
         return args.handler(args, overrides)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"mind-recbole {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input, or a file that cannot be read or written
+        if isinstance(error, BrokenPipeError):
+            return stdout_closed()
+        print(f"mind-recbole {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mind-recbole {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - a bug of ours: one line, the traceback on request
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        print(
+            f"mind-recbole {args.command}: internal error: {type(error).__name__}: {one_line(error)} "
+            f"(a bug; set {TRACEBACK_VARIABLE}=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def one_line(error):
+    """An exception's message on one line (RecBole's and pandas' messages span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def stdout_closed():
+    """The reader of our output went away (``mind-recbole retrieve ... | head``): stop quietly with
+    the status of a process ended by SIGPIPE, as other command-line tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    return 128 + 13
 
 
 def build_parser():
@@ -46,7 +80,7 @@ def build_parser():
     amazon.add_argument("--reviews", required=True, type=Path, help="reviews JSON lines or ratings CSV (.gz ok)")
     amazon.add_argument("--meta", type=Path, help="metadata JSON lines (.gz ok): brand, categories")
     amazon.add_argument("--dataset", required=True, help="dataset name; files go to DATA_PATH/NAME/NAME.inter|.item")
-    amazon.add_argument("--data-path", type=Path, default=Path("datasets"), help="output root (default: datasets)")
+    amazon.add_argument("--data-path", type=Path, default=DEFAULT_DATA_PATH, help="output root (default: datasets)")
     amazon.add_argument("--k-core", type=int, default=5, help="keep users and items with >= N interactions, iterated (0: off)")
     amazon.add_argument("--min-rating", type=float, help="keep interactions rated >= this (needs ratings)")
     amazon.add_argument(
@@ -88,8 +122,12 @@ def build_parser():
     train.set_defaults(handler=train_model)
 
     quickstart = commands.add_parser("quickstart", help="MIND beside Pop on MovieLens-100k (offline)")
-    quickstart.add_argument("--epochs", type=int, default=20, help="MIND training epochs (default 20, about 4 minutes on 2 cores)")
+    quickstart.add_argument("--epochs", type=positive_int, default=20, help="MIND training epochs (default 20, about 4 minutes on 2 cores)")
     quickstart.add_argument("--result-json", type=Path, help="write both models' metrics here")
+    quickstart.add_argument(
+        "--torch_threads", "--torch-threads", type=positive_int, metavar="N",
+        help="torch threads (default: OMP_NUM_THREADS when set, else one per core)",
+    )
     quickstart.set_defaults(handler=run_quickstart)
 
     compare = commands.add_parser(
@@ -139,7 +177,7 @@ def build_parser():
     retrieve = commands.add_parser("retrieve", help="top items for a history from an exported model (no torch needed)")
     retrieve.add_argument("--model-dir", required=True, type=Path, help="a directory written by `mind-recbole export`")
     retrieve.add_argument("--history", required=True, nargs="+", metavar="ITEM", help="item tokens (ASINs), oldest first")
-    retrieve.add_argument("--user", help="user token (models with user profile fields)")
+    retrieve.add_argument("--user", help="user token; required by models with user profile fields (e.g. the quickstart's)")
     retrieve.add_argument("--topk", type=int, default=50, help="items to return (default 50)")
     retrieve.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
     retrieve.add_argument("--ann", action="store_true", help="faiss HNSW search instead of exact scoring (needs faiss; the index is built per call)")
@@ -164,30 +202,15 @@ def prepare_amazon(args, _overrides):
         show_progress=not args.no_progress,
     )
     print(report.summary())
-    if not dataset_config_files(args.dataset):
-        print(
-            f"note: no configs/{args.dataset}.yaml; train with --config FILE "
-            "(configs/amazon-beauty.yaml is a template for Amazon data)"
-        )
+    data_path = "" if args.data_path == DEFAULT_DATA_PATH else f" --data_path={args.data_path}"
+    print(f"next: mind-recbole train --model MIND --dataset {args.dataset}{data_path}")
     return 0
 
 
-def dataset_config_files(dataset, model=None):
-    """``configs/<dataset>.yaml`` (from the working directory, else from the project checkout), then
-    the tuned ``configs/<dataset>/<model>.yaml`` beside it when there is one."""
-    for folder in (Path.cwd() / "configs", PROJECT_CONFIGS):
-        candidate = folder / f"{dataset}.yaml"
-        if candidate.is_file():
-            from mind_recbole.compare.runner import tuned_config_file
-
-            tuned = tuned_config_file(folder, dataset, model) if model else None
-            return [candidate] + ([tuned] if tuned else [])
-    return []
-
-
-def chosen_config_files(args, model=None):
+def chosen_config_files(args, model=None, overrides=()):
     """``--config`` files, else the dataset's (and the model's tuned) files; each must exist."""
-    config_files = args.config or dataset_config_files(args.dataset, model)
+    data_path = next((arg.split("=", 1)[1] for arg in overrides if arg.startswith("--data_path=")), None)
+    config_files = args.config or dataset_config_files(args.dataset, model, data_path)
     for file in config_files:
         if not Path(file).is_file():
             raise FileNotFoundError(f"config file not found: {file}")
@@ -206,7 +229,7 @@ def train_model(args, overrides):
     from mind_recbole import compat
     from mind_recbole.distributed import run as run_distributed
 
-    config_files = chosen_config_files(args, args.model)
+    config_files = chosen_config_files(args, args.model, overrides)
     # RecBole reads --key=value overrides from sys.argv itself, with its own type conversion.
     sys.argv = [sys.argv[0]] + parse_overrides(overrides)
     compat.apply()
@@ -235,7 +258,7 @@ def train_model(args, overrides):
 def compare_models(args, overrides):
     from mind_recbole.compare import PROTOCOL_GROUPS, run_comparison
 
-    config_files = chosen_config_files(args)
+    config_files = chosen_config_files(args, overrides=overrides)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     groups = [p.strip() for p in args.protocols.split(",") if p.strip()]
     unknown = [p for p in groups if p not in PROTOCOL_GROUPS]
@@ -270,14 +293,48 @@ def parse_override_values(overrides):
 def run_quickstart(args, _overrides):
     from mind_recbole.quick_start import run_recbole
 
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     sys.argv = sys.argv[:1]
     records = {}
     for model, extra in (("MIND", {"epochs": args.epochs}), ("Pop", {"epochs": 1})):
+        extra["torch_threads"] = args.torch_threads  # None: OMP_NUM_THREADS, else one per core
         result = run_recbole(model=model, dataset="ml-100k", config_file_list=[str(QUICKSTART_CONFIG)], config_dict=extra)
         records[model] = result_record(model, "ml-100k", result, [QUICKSTART_CONFIG])
     print(format_metrics_table({m: r["test_result"] for m, r in records.items()}, title="test metrics on ml-100k"))
     write_json(args.result_json, records)
+    print(quickstart_next_steps(records["MIND"]["saved_model_file"]))
     return 0
+
+
+def quickstart_next_steps(checkpoint):
+    """Where the MIND checkpoint went and the commands that serve it (the model uses user profile
+    fields, so ``retrieve`` needs ``--user``; an ml-100k user and the items of their history)."""
+    from mind_recbole.data.atomic_files import dataset_folder
+    from mind_recbole.evaluation.multi_interest import read_sequences
+    from mind_recbole.quick_start import build_config
+
+    config = build_config("Pop", "ml-100k", [str(QUICKSTART_CONFIG)], {"use_gpu": False})
+    sequences = read_sequences(dataset_folder(config) / "ml-100k.inter")
+    user = min(sequences, key=lambda token: int(token) if token.isdigit() else token)
+    history = " ".join(sequences[user][-5:])
+    return "\n".join([
+        f"MIND checkpoint: {checkpoint}",
+        "next: serve it (ONNX user tower, then retrieval with onnxruntime and numpy only):",
+        f"  mind-recbole export --checkpoint {checkpoint} --out exported/mind-ml-100k",
+        f"  mind-recbole retrieve --model-dir exported/mind-ml-100k --user {user} --history {history} --topk 10",
+    ])
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def result_record(model, dataset, result, config_files):
@@ -345,6 +402,14 @@ def retrieve_items(args, _overrides):
         tower = UserTower(args.model_dir, provider=args.provider)
     for warning in caught:
         print(f"mind-recbole retrieve: warning: {warning.message}", file=sys.stderr)
+    if tower.uses_user_id and args.user is None:
+        example = next(iter(tower.user_index), "USER")
+        raise ValueError(
+            f"{args.model_dir} is a model with user profile fields: give the user with --user TOKEN "
+            f"(a user of its training data, e.g. --user {example})"
+        )
+    if not tower.uses_user_id and args.user is not None:
+        raise ValueError(f"--user: {args.model_dir} is a model without user profile fields; leave --user out")
     index = None
     if args.ann:
         try:

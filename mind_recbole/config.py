@@ -67,6 +67,33 @@ class UnknownConfigKeyError(ValueError):
 class MindConfig(Config):
     """``recbole.config.Config`` with the plugin's model lookup and default properties."""
 
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+        super().__init__(model, dataset, config_file_list, config_dict)
+        self._check_settings()
+
+    # ------------------------------------------------------------------ values
+    def _check_settings(self):
+        """Every setting checked before anything is loaded or logged: the model's own checks
+        (``check_config`` of the plugin's models, whose messages say what each setting means),
+        then the types and ranges of every value the user gave (:meth:`_check_value_types`)."""
+        self._read_number_words()
+        check_model = getattr(self.model_class, "check_config", None)
+        if check_model is not None:
+            check_model(self)
+        self._check_value_types()
+
+    def _read_number_words(self):
+        """``inf`` / ``.inf`` / ``1e-3`` given as text where the default is a number become numbers
+        (RecBole parses command-line values with ``eval``, which does not know ``inf``)."""
+        for key, value in self.external_config_dict.items():
+            if not isinstance(value, str) or expected_value_kind(self.internal_config_dict.get(key)) != "a number":
+                continue
+            try:
+                number = float(value.strip().lower().replace(".inf", "inf"))
+            except ValueError:
+                continue
+            self.external_config_dict[key] = self.final_config_dict[key] = number
+
     # ------------------------------------------------------------------ where keys come from
     def _load_config_files(self, file_list):
         """RecBole's loader, remembering which file set each key; clear errors for a bad file."""
@@ -141,6 +168,7 @@ class MindConfig(Config):
                 self._update_internal_config_dict(str(file))
 
     def _set_default_parameters(self):
+        check_metric_names(self.final_config_dict.get("metrics"))
         super()._set_default_parameters()
         self.final_config_dict["data_path"] = os.path.abspath(self.final_config_dict["data_path"])
 
@@ -153,6 +181,82 @@ class MindConfig(Config):
                 **user_eval_args,
             }
         return final_config_dict
+
+
+    def _check_value_types(self):
+        """Raise :class:`ConfigValueError` for a user value whose type cannot stand where the default's
+        does: a number for a numeric default, a bool for a bool, and an integer for the counts of
+        :data:`INTEGER_KEYS` (other integer defaults, such as a regularisation weight written ``0``,
+        may take fractions).
+
+        RecBole keeps a value it cannot parse as a string (``--epochs=ten``), which then fails deep
+        in training with a traceback. Keys whose default is None, a string or a container are left
+        to RecBole (several take either a number or a list, e.g. ``topk``).
+        """
+        for key, value in self.external_config_dict.items():
+            default = self.internal_config_dict.get(key)
+            expected = expected_value_kind(default, integer=key in INTEGER_KEYS)
+            if expected is None or value is None or value_fits(value, expected):
+                continue
+            raise ConfigValueError(
+                f"config key {key!r} in {self.key_source(key)} is {value!r}, but it takes {expected} "
+                f"(its default is {default!r})"
+            )
+        for key, value in self.external_config_dict.items():
+            lowest = MINIMUM_VALUES.get(key)
+            if lowest is not None and isinstance(value, (int, float)) and value < lowest:
+                raise ConfigValueError(
+                    f"config key {key!r} in {self.key_source(key)} is {value!r}; it must be at least {lowest}"
+                )
+
+
+class ConfigValueError(ValueError):
+    """A config value of the wrong type (a word where a number is needed, ...)."""
+
+
+# Counts that RecBole or our models use as sizes or in range(): a fraction there is a crash later.
+INTEGER_KEYS = frozenset({
+    "epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step", "seed", "worker",
+    "MAX_ITEM_LIST_LENGTH", "embedding_size", "hidden_size", "inner_size", "n_layers", "n_heads",
+    "interest_num", "routing_iterations", "num_negatives", "score_chunk_size",
+})
+
+
+# The smallest value each count may take (``epochs: 0`` evaluated an untrained model, then crashed).
+MINIMUM_VALUES = {key: 1 for key in INTEGER_KEYS - {"seed", "worker"}} | {"worker": 0}
+
+
+def expected_value_kind(default, integer=False):
+    """'a bool', 'an integer' or 'a number' for a default of that type (an integer only when
+    ``integer``); None for any other default."""
+    if isinstance(default, bool):
+        return "a bool (True or False)"
+    if isinstance(default, (int, float)):
+        return "an integer" if integer and isinstance(default, int) else "a number"
+    return None
+
+
+def value_fits(value, expected):
+    """Whether ``value`` can stand where :func:`expected_value_kind` says ``expected``."""
+    if expected.startswith("a bool"):
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return expected == "a number" or isinstance(value, int)
+
+
+def check_metric_names(metrics):
+    """A :class:`ConfigValueError` for metric names RecBole does not have (RecBole raises
+    ``NotImplementedError``, and a list mistyped on the command line arrives as one string)."""
+    from recbole.evaluator.register import metrics_dict
+
+    given = metrics if isinstance(metrics, list) else [metrics]
+    unknown = [m for m in given if str(m).lower() not in metrics_dict]
+    if unknown:
+        raise ConfigValueError(
+            f"metrics: unknown {unknown}; RecBole's metrics are {', '.join(sorted(metrics_dict))} "
+            "(on the command line a list is written --metrics=\"['Recall','NDCG']\")"
+        )
 
 
 KNOWN_KEYS_HINT = (

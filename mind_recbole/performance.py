@@ -4,12 +4,11 @@ Two settings, both read from the RecBole config (defaults in ``properties/overal
 applied by :func:`mind_recbole.run_recbole`:
 
 ``torch_threads``
-    Intra-op threads. ``~`` (default) means one per usable core, torch's own default. Measured on
-    an idle 2-core VM (``results/epoch_speed.md``), one thread instead of two made an epoch
-    1.5x slower (SASRec on ml-100k: 113 s -> 172 s; MIND on amazon-beauty: 19.7 s -> 29.0 s).
-    On a machine shared with other work two threads can instead spin against each other
-    (GRU4Rec: 16 s per step with 2 threads, 2.1 s with 1, seen on a loaded 2-core VM): there,
-    set ``--torch_threads=1``.
+    Intra-op threads. ``~`` (default) means ``OMP_NUM_THREADS`` when the environment sets it,
+    else one per usable core (torch's own default). Two threads beat one on an idle 2-core
+    machine; beside another busy process they are only safe because OpenMP's threads sleep
+    instead of spinning while they wait (:mod:`mind_recbole.threads`); ``results/epoch_speed.md``
+    has the measurements.
 ``malloc_tuning``
     glibc returns freed blocks above ``M_MMAP_THRESHOLD`` to the kernel at once and trims the heap
     above ``M_TRIM_THRESHOLD``, so every training step page-faults its activation buffers in
@@ -27,6 +26,8 @@ import os
 
 import torch
 
+from mind_recbole.threads import thread_count_from_environment
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's maximum on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
@@ -35,8 +36,12 @@ TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
 logger = logging.getLogger(__name__)
 
 
-def default_thread_count(cpu_count=None):
-    """One intra-op thread per usable core (the cores this process may run on)."""
+def default_thread_count(cpu_count=None, environ=None):
+    """``OMP_NUM_THREADS`` when set, else one intra-op thread per usable core (the cores this
+    process may run on)."""
+    from_environment = thread_count_from_environment(environ)
+    if from_environment is not None:
+        return from_environment
     if cpu_count is None:
         cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cpu_count)

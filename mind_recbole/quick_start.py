@@ -2,8 +2,9 @@
 
 Same signatures and return values as ``recbole.quick_start``; the differences are the model lookup
 (:func:`mind_recbole.registry.get_model`), the plugin's default properties (:class:`MindConfig`),
-the compatibility shims (:mod:`mind_recbole.compat`) and the runtime settings
-(:mod:`mind_recbole.performance`), all applied here, explicitly. On top of RecBole:
+the compatibility shims (:mod:`mind_recbole.compat`), OpenMP's wait policy
+(:mod:`mind_recbole.threads`) and the runtime settings (:mod:`mind_recbole.performance`), all
+applied here, explicitly. On top of RecBole:
 
 - checkpoints are read by :func:`read_checkpoint` and checked against the model built from the
   current dataset (:func:`check_checkpoint_fits`), so a corrupt file or a checkpoint of another
@@ -24,8 +25,10 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 
 from mind_recbole import compat
+from mind_recbole.threads import configure_openmp
 
 # Key of the training state inside a checkpoint's ``other_parameter`` (see install_training_state).
 TRAINING_STATE_KEY = "mind_recbole_training_state"
@@ -36,7 +39,8 @@ class CheckpointError(ValueError):
 
 
 def build_config(model, dataset, config_file_list=None, config_dict=None):
-    """Apply the compatibility shims and return the plugin's RecBole config."""
+    """Set OpenMP's wait policy, apply the compatibility shims and return the plugin's RecBole config."""
+    configure_openmp()  # before compat.apply() imports torch
     compat.apply()
     from mind_recbole.config import MindConfig
 
@@ -79,9 +83,10 @@ def run_recbole(
     if resume is not None:
         resume_training(trainer, resume, train_data, dataset)
     epoch_seconds, epoch_losses = record_training_epochs(trainer)
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
+    with removing_unwritten_checkpoint(trainer):
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
     test_result = None
     if evaluate_test:
         distributed.wait_for_checkpoint(config)
@@ -117,9 +122,11 @@ def prepare_training(config, prepare_data=None, checkpoint_file=None):
     from recbole.utils import get_trainer, init_logger, init_seed
 
     from mind_recbole import distributed
+    from mind_recbole.data.atomic_files import check_dataset_files
     from mind_recbole.performance import apply_runtime_settings
     from mind_recbole.registry import get_model
 
+    check_dataset_files(config)  # a missing file or column: one clear error, before the config is logged
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = logging.getLogger()
@@ -130,6 +137,8 @@ def prepare_training(config, prepare_data=None, checkpoint_file=None):
 
     dataset = create_dataset(config)
     logger.info(dataset)
+    check_valid_metric(config)
+    check_cutoffs_fit_catalogue(config, dataset)
     loaders = (prepare_data or data_preparation)(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -143,6 +152,53 @@ def prepare_training(config, prepare_data=None, checkpoint_file=None):
             trainer.saved_model_file = reserve_checkpoint_file(trainer.saved_model_file)
         distributed.share_checkpoint_file(trainer)
     return dataset, loaders, trainer
+
+
+def check_valid_metric(config):
+    """``valid_metric`` must be one of the metrics computed (RecBole fails at the first
+    validation, after a whole training epoch)."""
+    given = config["metrics"] if isinstance(config["metrics"], list) else [config["metrics"]]
+    metric, _, cutoff = str(config["valid_metric"]).lower().partition("@")
+    metrics = [str(m).lower() for m in given]
+    cutoffs = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    if metric not in metrics:
+        raise ValueError(
+            f"valid_metric {config['valid_metric']!r} is not computed: metrics are {config['metrics']}; "
+            "add it to metrics or choose another valid_metric"
+        )
+    if cutoff and (not cutoff.isdigit() or int(cutoff) not in cutoffs):
+        raise ValueError(
+            f"valid_metric {config['valid_metric']!r} is not computed: metrics are at topk {cutoffs}; "
+            f"add {cutoff} to topk or choose another valid_metric"
+        )
+
+
+def check_cutoffs_fit_catalogue(config, dataset):
+    """A ``topk`` cut-off above the number of items cannot be ranked: say so before training."""
+    cutoffs = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    items = dataset.item_num - 1  # id 0 is padding
+    too_large = [k for k in cutoffs if k > items]
+    if too_large:
+        raise ValueError(
+            f"topk {too_large} is larger than the {items:,} items of dataset {config['dataset']!r}: the metrics "
+            f"cannot rank that many; set topk to cut-offs up to {items:,} (e.g. --topk=[10])"
+        )
+
+
+@contextmanager
+def removing_unwritten_checkpoint(trainer):
+    """Training that fails before its first checkpoint leaves no empty file behind.
+
+    The checkpoint's name is reserved as an empty file (:func:`reserve_checkpoint_file`); RecBole
+    writes it after the first validation that improves.
+    """
+    try:
+        yield
+    except BaseException:
+        path = trainer.saved_model_file
+        if path and os.path.isfile(path) and os.path.getsize(path) == 0:
+            os.remove(path)
+        raise
 
 
 def reserve_checkpoint_file(path):
@@ -420,6 +476,7 @@ def load_data_and_model(model_file):
     its ``data_path``) has other items than it was trained on. The checkpoint is unpickled in full
     (RecBole stores its ``Config`` in it): only load files you trust.
     """
+    configure_openmp()  # before compat.apply() imports torch
     compat.apply()
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_logger, init_seed

@@ -162,7 +162,8 @@ def test_bad_lines_file_of_an_earlier_run_is_removed_by_a_clean_run(tmp_path):
     write_bytes(reviews, [GOOD_1, GOOD_3])
     second = convert(tmp_path, reviews, k_core=0)
     assert second.bad_lines_path is None and not first.bad_lines_path.exists()
-    assert "bad lines" not in second.summary()
+    assert "bad lines (skipped)" not in second.summary()
+    assert f"removed {first.bad_lines_path}: an earlier run's list of bad lines; this run found none" in second.summary()
 
 
 def test_python_literal_lines_of_the_2014_release_parse(tmp_path):
@@ -586,7 +587,7 @@ def test_run_killed_mid_write_keeps_old_outputs_and_a_rerun_completes(tmp_path, 
     assert {name: data for name, data in folder_bytes(folder).items() if name != temporary} == old
 
     report = convert(tmp_path, reviews, k_core=0)
-    assert sorted(folder_bytes(folder)) == ["t.inter"]  # the temporary is gone
+    assert sorted(folder_bytes(folder)) == ["t.inter", "t.yaml"]  # the temporary is gone
     assert table(report.inter_path) == [[f"A{n:02d}", "B000000001", str(n)] for n in range(30)]
 
 
@@ -600,7 +601,7 @@ def test_temporaries_of_running_processes_are_left_alone(tmp_path):
     (folder / ".t.inter.tmp-1").write_text("pid 1 is alive")
     (folder / ".other.inter.tmp-99999999").write_text("another dataset's")
     convert(tmp_path, reviews, k_core=0)
-    left = [".other.inter.tmp-99999999", ".t.inter.tmp-1", "t.inter"]
+    left = [".other.inter.tmp-99999999", ".t.inter.tmp-1", "t.inter", "t.yaml"]
     assert sorted(folder_bytes(folder)) == left
 
 

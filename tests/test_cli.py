@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import AMAZON_CONFIG, BEAUTY_MINI
+from tests.conftest import AMAZON_CONFIG, BEAUTY_MINI, require_real_data
 SMALL_RUN = ["--MAX_ITEM_LIST_LENGTH=20", "--embedding_size=16", "--num_negatives=64", "--state=WARNING"]
 
 
@@ -35,8 +35,7 @@ def test_missing_config_file_is_named(tmp_path):
 
 
 def test_prepare_amazon_writes_atomic_files_and_a_summary(tmp_path):
-    if not BEAUTY_MINI.is_dir():
-        pytest.skip(f"real data not found at {BEAUTY_MINI}")
+    require_real_data()
     result = mind_recbole(
         "prepare", "amazon", "--reviews", BEAUTY_MINI / "reviews.json.gz", "--meta", BEAUTY_MINI / "meta.json.gz",
         "--dataset", "beauty", "--data-path", tmp_path / "datasets", "--no-progress", cwd=tmp_path,

@@ -139,7 +139,12 @@ def test_partial_eval_args_are_merged_over_the_defaults():
 
 @pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (16, 16)])
 def test_default_thread_count_is_one_per_usable_core(cores, expected):
-    assert performance.default_thread_count(cores) == expected
+    assert performance.default_thread_count(cores, environ={}) == expected
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), ("2,1", 2), ("0", 16), ("many", 16), ("", 16)])
+def test_default_thread_count_honours_omp_num_threads(value, expected):
+    assert performance.default_thread_count(16, environ={"OMP_NUM_THREADS": value}) == expected
 
 
 def test_thread_setting_is_applied_and_checked():

@@ -177,8 +177,8 @@ def test_label_aware_scores_let_each_item_be_its_own_label(power):
         label = items[item].expand(3, -1)
         expected = (label_aware_attention(interests, mask, label, power) * label).sum(-1)
         assert torch.allclose(scores[:, item], expected, atol=1e-5)
-    if math.isinf(power):  # hard attention is exactly the serving score
-        assert torch.equal(scores, max_over_interests(interests, mask, items))
+    if math.isinf(power):  # hard attention is the serving score (up to the order of float sums)
+        assert torch.allclose(scores, max_over_interests(interests, mask, items), rtol=0, atol=1e-5)
 
 
 def test_hard_label_scores_match_autograd_amax_in_values_and_gradients():
@@ -197,7 +197,7 @@ def test_hard_label_scores_match_autograd_amax_in_values_and_gradients():
     assert torch.equal(interests.grad[0, 1:], torch.zeros(2, 5))  # inactive interests get nothing
 
 
-def test_max_over_interests_masks_inactive_and_chunks_exactly():
+def test_max_over_interests_masks_inactive_and_chunks_alike():
     torch.manual_seed(0)
     interests, items = torch.randn(3, 4, 8), torch.randn(50, 8)
     mask = torch.tensor([[True, False, False, False], [True, True, False, False], [True] * 4])
@@ -205,7 +205,10 @@ def test_max_over_interests_masks_inactive_and_chunks_exactly():
     assert full.shape == (3, 50)
     assert torch.allclose(full[0], items @ interests[0, 0])
     assert torch.allclose(full[1], torch.maximum(items @ interests[1, 0], items @ interests[1, 1]))
-    assert torch.equal(max_over_interests(interests, mask, items, chunk_size=7), full)
+    # chunked matmuls may sum in another order (bit-equal on some CPUs, 4.8e-7 apart on others)
+    chunked = max_over_interests(interests, mask, items, chunk_size=7)
+    assert torch.allclose(chunked, full, rtol=0, atol=1e-5)
+    assert torch.equal(chunked.argmax(1), full.argmax(1))
 
 
 def test_fixed_init_trains_from_the_eval_draw():

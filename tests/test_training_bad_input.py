@@ -160,9 +160,8 @@ def test_out_of_range_settings_name_the_key(overrides, message, beauty_mini_path
 def test_the_error_names_the_config_file_a_bad_value_came_from(beauty_mini_path, beauty_mini_data, tmp_path, no_argv):
     config_file = tmp_path / "k.yaml"
     config_file.write_text("interest_num: -3\n")
-    config = build_config("MIND", "amazon-beauty-mini", [str(config_file)], {"data_path": str(beauty_mini_path)})
     with pytest.raises(ValueError, match=r"interest_num \(K\) must be >= 1, got -3 \(set in config file .*k\.yaml\)"):
-        MIND(config, beauty_mini_data[2]._dataset)
+        build_config("MIND", "amazon-beauty-mini", [str(config_file)], {"data_path": str(beauty_mini_path)})
 
 
 def test_hard_attention_from_the_command_line_and_a_single_side_field(beauty_mini_path, beauty_mini_data):

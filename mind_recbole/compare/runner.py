@@ -30,8 +30,10 @@ from pathlib import Path
 import yaml
 
 from mind_recbole.compare.progress import RunProgress, partial_path, read_partial, stale_reason, write_json
+from mind_recbole.config_files import tuned_config_file
 from mind_recbole.quick_start import (
-    build_config, install_training_state, prepare_training, read_checkpoint, record_training_epochs, resume_training,
+    build_config, install_training_state, prepare_training, read_checkpoint, record_training_epochs,
+    removing_unwritten_checkpoint, resume_training,
 )
 
 DEFAULT_MODELS = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
@@ -91,12 +93,6 @@ class RunRecord:
     def from_json(cls, payload):
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in payload.items() if k in names})
-
-
-def tuned_config_file(config_dir, dataset, model):
-    """``CONFIG_DIR/DATASET/MODEL.yaml``, a model's tuned settings for a dataset, or None."""
-    path = Path(config_dir) / dataset / f"{model}.yaml"
-    return path if path.is_file() else None
 
 
 def model_config_files(dataset, model, config_dir):
@@ -281,9 +277,10 @@ def _train(config, prepare_data=None, before_fit=None, group="leave_one_out", tr
             tracking.save(trainer.saved_model_file, epoch, config["epochs"], record.valid_scores,
                           record.epoch_seconds, time.perf_counter() - started)
 
-    _, best_valid = trainer.fit(
-        loaders[0], loaders[1], saved=True, show_progress=config["show_progress"], callback_fn=after_validation,
-    )
+    with removing_unwritten_checkpoint(trainer):
+        _, best_valid = trainer.fit(
+            loaders[0], loaders[1], saved=True, show_progress=config["show_progress"], callback_fn=after_validation,
+        )
     record.best_valid = _floats(best_valid or {})
     record.saved_model_file = trainer.saved_model_file
     record.wall_seconds = time.perf_counter() - started

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import zlib
@@ -58,6 +59,11 @@ from tqdm import tqdm
 __all__ = ["ConversionError", "ConversionIOError", "ConversionReport", "convert_amazon"]
 
 REVIEW_FORMATS = ("auto", "json", "csv-2014", "csv-2018")
+_FORMAT_NAMES = {
+    "json": "JSON lines (json)",
+    "csv-2014": "a 2014 ratings CSV, user,item,rating,time (csv-2014)",
+    "csv-2018": "a 2018 ratings CSV, item,user,rating,time (csv-2018)",
+}
 
 # (user column, item column) of each headerless CSV layout; the rating is column 2, the time 3.
 _CSV_ID_COLUMNS = {"csv-2014": (0, 1), "csv-2018": (1, 0)}
@@ -83,6 +89,12 @@ _BAD_ID_CHARACTER = re.compile('[\x00-\x1f\x7f-\x9f"\u2028\u2029\ud800-\udfff\uf
 INTER_HEADER_FIELDS = ("user_id:token", "item_id:token", "rating:float", "timestamp:float")
 ITEM_HEADER_FIELDS = ("item_id:token", "brand:token", "categories:token_seq", "category:token")
 BAD_LINES_SUFFIX = "bad_lines.txt"
+CONFIG_SUFFIX = "yaml"
+# Why an output of an earlier run is removed, by suffix (reported in the summary).
+_REMOVAL_REASONS = {
+    "item": "an earlier run's item features, which no longer match these interactions (give --meta to keep item features)",
+    BAD_LINES_SUFFIX: "an earlier run's list of bad lines; this run found none",
+}
 
 
 class ConversionError(ValueError):
@@ -143,6 +155,8 @@ class ConversionReport:
     inter_path: Path | None = None
     item_path: Path | None = None
     bad_lines_path: Path | None = None
+    config_path: Path | None = None
+    removed_paths: list[Path] = field(default_factory=list)
     has_rating: bool = False
     lines_read: int = 0
     blank_lines: int = 0
@@ -200,6 +214,9 @@ class ConversionReport:
                 f"{self.items_without_meta:,} kept items without meta"
             )
         lines.extend(f"wrote {path}" for path in (self.inter_path, self.item_path) if path)
+        if self.config_path is not None:
+            lines.append(f"wrote {self.config_path} (its fields for RecBole: train and compare read it)")
+        lines.extend(f"removed {path}: {_REMOVAL_REASONS[path.name.split('.', 1)[1]]}" for path in self.removed_paths)
         bad_total = self.bad_line_count + self.meta_bad_line_count
         repaired_total = self.repaired_line_count + self.meta_repaired_line_count
         lines += _listing("bad lines (skipped):", self.bad_lines, bad_total)
@@ -284,7 +301,7 @@ def convert_amazon(
         k_core=k_core,
         min_rating=min_rating,
     )
-    suffixes = ("inter", "item", BAD_LINES_SUFFIX)
+    suffixes = ("inter", "item", BAD_LINES_SUFFIX, CONFIG_SUFFIX)
     paths = {suffix: folder / f"{dataset}.{suffix}" for suffix in suffixes}
     with closing(_LineLog()) as log:
         table = _read_reviews(reviews, report, log, show_progress)
@@ -298,8 +315,10 @@ def convert_amazon(
             outputs[paths["item"]] = _item_lines(kept_items, features)
         if log.entries:
             outputs[paths[BAD_LINES_SUFFIX]] = log.lines()
+        outputs[paths[CONFIG_SUFFIX]] = _config_lines(report.has_rating, with_items=meta is not None)
         stale = [path for path in paths.values() if path not in outputs]
-        _write_outputs(folder, outputs, stale)
+        report.removed_paths = _write_outputs(folder, outputs, stale)
+    report.config_path = paths[CONFIG_SUFFIX]
     report.inter_path = paths["inter"]
     report.item_path = paths["item"] if meta is not None else None
     report.bad_lines_path = paths[BAD_LINES_SUFFIX] if log.entries else None
@@ -520,18 +539,25 @@ def _resolve_format(path: Path, requested: str) -> str:
     """Return the concrete format of ``path``: ``json``, ``csv-2014`` or ``csv-2018``.
 
     ``auto`` means JSON for a ``.json`` or ``.json.gz`` name, or when at least half of the first
-    lines start with ``{``; else the CSV layout is guessed.
+    lines start with ``{``; else the CSV layout is guessed. An explicit format that the first lines
+    plainly contradict (JSON named a CSV, a 2018 CSV named a 2014 one: users and items would be
+    swapped) is a :class:`ConversionError`.
     """
     if requested not in REVIEW_FORMATS:
         raise ConversionError(f"unknown reviews format {requested!r}; use one of {REVIEW_FORMATS}")
-    if requested != "auto":
-        return requested
-    if path.name.endswith((".json", ".json.gz")):
+    if requested == "auto" and path.name.endswith((".json", ".json.gz")):
         return "json"
     sample = _first_lines(path, _DETECTION_ROWS)
-    if 2 * sum(line.startswith("{") for line in sample) >= len(sample):
-        return "json"
-    return _detect_csv_layout(path, sample)
+    looks_json = 2 * sum(line.startswith("{") for line in sample) >= len(sample)
+    if requested == "auto":
+        return "json" if looks_json else _detect_csv_layout(path, sample)
+    plainly = "json" if looks_json else _plain_csv_layout(sample)
+    if plainly is not None and plainly != requested and sample:
+        raise ConversionError(
+            f"{path}: --format {requested} contradicts the file, which is plainly {_FORMAT_NAMES[plainly]} "
+            f"(judged from its first {len(sample):,} lines); pass --format {plainly}, or --format auto"
+        )
+    return requested
 
 
 def _first_lines(path: Path, count: int) -> list[str]:
@@ -546,17 +572,31 @@ def _first_lines(path: Path, count: int) -> list[str]:
     return sample
 
 
-def _detect_csv_layout(path: Path, sample: list[str]) -> str:
-    """Pick the CSV layout whose item column holds ASINs (10 of ``[0-9A-Z]``) clearly more often."""
+def _asin_counts(sample: list[str]) -> list[int]:
+    """How many 4-field CSV rows of ``sample`` hold an ASIN (10 of ``[0-9A-Z]``) in column 1, in column 2."""
     rows = [line.split(",") for line in sample]
-    asin_counts = [
+    return [
         sum(1 for row in rows if len(row) == _CSV_FIELD_COUNT and _ASIN.fullmatch(row[column]))
         for column in (0, 1)
     ]
+
+
+def _plain_csv_layout(sample: list[str]) -> str | None:
+    """The CSV layout whose item column holds ASINs clearly more often, or None if unclear."""
+    asin_counts = _asin_counts(sample)
     for layout, (_, item_column) in _CSV_ID_COLUMNS.items():
         hits, other = asin_counts[item_column], asin_counts[1 - item_column]
-        if hits >= 2 * other and 2 * hits >= len(rows):
+        if hits >= 2 * other and 2 * hits >= len(sample):
             return layout
+    return None
+
+
+def _detect_csv_layout(path: Path, sample: list[str]) -> str:
+    """:func:`_plain_csv_layout`, or a :class:`ConversionError` asking for ``--format``."""
+    layout = _plain_csv_layout(sample)
+    if layout is not None:
+        return layout
+    asin_counts, rows = _asin_counts(sample), sample
     raise ConversionError(
         f"{path}: cannot tell the CSV column order (ASIN-like values in column 1: "
         f"{asin_counts[0]}, column 2: {asin_counts[1]}, of {len(rows)} rows); pass "
@@ -909,8 +949,37 @@ def _item_lines(kept_items: list[str], features: dict[str, tuple[str, str, str]]
         yield "\t".join((asin, *features.get(asin, ("", "", "")))) + "\n"
 
 
-def _write_outputs(folder: Path, outputs: dict[Path, Iterable[str]], stale: list[Path]) -> None:
-    """Create ``folder``, write ``outputs`` atomically, then remove the ``stale`` files.
+def _config_lines(has_rating: bool, with_items: bool) -> Iterator[str]:
+    """``NAME.yaml``: what RecBole must know to read these files and split them by time.
+
+    ``mind-recbole train`` and ``compare`` read it when there is no ``configs/NAME.yaml``, so that
+    ``prepare`` then ``train`` work in a row; ``configs/amazon-beauty.yaml`` is the documented
+    template with metrics and training settings.
+    """
+    inter = [name.split(":")[0] for name in INTER_HEADER_FIELDS if has_rating or name != "rating:float"]
+    items = [name.split(":")[0] for name in ITEM_HEADER_FIELDS]
+    yield "# Written by `mind-recbole prepare amazon` with the atomic files beside it.\n"
+    yield "USER_ID_FIELD: user_id          # (str) User token column of the .inter file.\n"
+    yield "ITEM_ID_FIELD: item_id          # (str) Item token column (the ASIN).\n"
+    if has_rating:
+        yield "RATING_FIELD: rating           # (str) Star rating column.\n"
+    yield "TIME_FIELD: timestamp           # (str) Review time in seconds; orders each user's history.\n"
+    yield "load_col:                       # (dict) Columns read from the atomic files.\n"
+    yield f"  inter: [{', '.join(inter)}]\n"
+    if with_items:
+        yield f"  item: [{', '.join(items)}]\n"
+        yield "item_side_fields: [brand, categories]  # (list) MIND / YouTubeDNN pool these with the item id embedding.\n"
+    yield "eval_args:                      # (dict) Leave-one-out by time: each user's last item is the test target.\n"
+    yield "  split: {'LS': 'valid_and_test'}\n"
+    yield "  group_by: user\n"
+    yield "  order: TO\n"
+    yield "  mode: full\n"
+    yield "train_neg_sample_args: ~        # (dict) No negatives from RecBole's loader: MIND samples its own, CE models need none.\n"
+
+
+def _write_outputs(folder: Path, outputs: dict[Path, Iterable[str]], stale: list[Path]) -> list[Path]:
+    """Create ``folder``, write ``outputs`` and remove the ``stale`` files, all or nothing; return
+    the stale files that existed (now removed).
 
     Temporaries that an earlier, killed run left beside these files are removed first.
     """
@@ -919,27 +988,27 @@ def _write_outputs(folder: Path, outputs: dict[Path, Iterable[str]], stale: list
     except OSError as error:
         raise ConversionIOError(folder, "cannot create the output folder", error) from error
     _remove_stale_temporaries(folder, [*outputs, *stale])
-    _write_atomically(outputs)
-    for path in stale:
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as error:
-            raise ConversionIOError(path, "cannot remove this outdated file", error) from error
+    removed = [path for path in stale if path.exists()]
+    _write_atomically(outputs, removed)
+    return removed
 
 
 def _temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _write_atomically(outputs: dict[Path, Iterable[str]]) -> None:
-    """Write every file to a temporary name beside it, sync it, then move them all into place.
+def _write_atomically(outputs: dict[Path, Iterable[str]], removals: Iterable[Path] = ()) -> None:
+    """Write every file to a temporary name beside it and sync it; then switch them all into place
+    and remove ``removals``, as one step that is undone if any part of it fails.
 
-    On any error the temporary files are removed; unless the error struck while moving the files
-    into place (a rename in one folder, which practically does not fail), no target file is
-    touched. An ``OSError`` becomes a :class:`ConversionIOError` naming the target file.
+    The previous version of each target is kept under a backup name (a hard link) until every
+    rename succeeded; after a failure every target is restored as it was, so an old ``.item``
+    never stands beside a new ``.inter``. An ``OSError`` becomes a :class:`ConversionIOError`
+    naming the file, with the previous files unchanged.
     """
     temporaries: list[Path] = []
-    replaced: list[str] = []
+    backups: dict[Path, Path] = {}  # target -> its previous version
+    switched: list[Path] = []
     path = None
     try:
         for path, lines in outputs.items():
@@ -949,23 +1018,51 @@ def _write_atomically(outputs: dict[Path, Iterable[str]]) -> None:
                 handle.writelines(lines)
                 handle.flush()
                 os.fsync(handle.fileno())
+        for path in [*outputs, *removals]:
+            if path.exists():
+                backups[path] = _backup_path(path)
+                _keep_copy(path, backups[path])
         for temporary, path in zip(temporaries, outputs):
+            switched.append(path)
             os.replace(temporary, path)
-            replaced.append(path.name)
+        for path in removals:
+            switched.append(path)
+            path.unlink()
     except BaseException as error:
-        for temporary in temporaries:
+        _restore(switched, backups)
+        for temporary in [*temporaries, *backups.values()]:
             with suppress(OSError):
                 temporary.unlink(missing_ok=True)
         if isinstance(error, OSError) and not isinstance(error, ConversionIOError):
-            note = (
-                f"already replaced: {', '.join(replaced)}; the other files are unchanged"
-                if replaced
-                else "the previous files are unchanged"
-            )
-            raise ConversionIOError(path, "cannot write", error, note) from error
+            raise ConversionIOError(path, "cannot write", error, "the previous files are unchanged") from error
         raise
+    for backup in backups.values():
+        with suppress(OSError):
+            backup.unlink()
     if path is not None:
         _sync_folder(path.parent)
+
+
+def _keep_copy(path: Path, backup: Path) -> None:
+    """``backup`` holds ``path``'s content: a hard link, or a copy where links are not supported."""
+    try:
+        os.link(path, backup)
+    except OSError:
+        shutil.copy2(path, backup)
+
+
+def _backup_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old-{os.getpid()}")
+
+
+def _restore(switched: list[Path], backups: dict[Path, Path]) -> None:
+    """Put back the previous version of each ``switched`` target (remove it where there was none)."""
+    for path in reversed(switched):
+        with suppress(OSError):
+            if path in backups:
+                os.replace(backups[path], path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _sync_folder(folder: Path) -> None:
@@ -981,13 +1078,14 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _remove_stale_temporaries(folder: Path, paths: list[Path]) -> None:
-    """Remove the temporaries of ``paths`` whose writing process is gone (killed mid-write)."""
+    """Remove the temporaries and backups of ``paths`` whose writing process is gone (killed mid-write)."""
     for path in paths:
-        for temporary in folder.glob(f".{glob.escape(path.name)}.tmp-*"):
-            pid = temporary.name.rpartition("-")[2]
-            if pid.isdigit() and not _process_alive(int(pid)):
-                with suppress(OSError):
-                    temporary.unlink()
+        for pattern in (".tmp-*", ".old-*"):
+            for temporary in folder.glob(f".{glob.escape(path.name)}{pattern}"):
+                pid = temporary.name.rpartition("-")[2]
+                if pid.isdigit() and not _process_alive(int(pid)):
+                    with suppress(OSError):
+                        temporary.unlink()
 
 
 def _process_alive(pid: int) -> bool:

@@ -41,6 +41,24 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+class ConfigErrors:
+    """Raises ``ValueError`` for a bad setting of ``config``, naming where it was set (a
+    :class:`mind_recbole.config.MindConfig` knows each key's source)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.source = getattr(config, "key_source", None)
+
+    def __call__(self, key, message):
+        source = self.source(key) if self.source else None
+        raise ValueError(f"{message} (set in {source})" if source else message)
+
+    def require_int(self, key, minimum, what=""):
+        value = self.config[key]
+        if not _is_int(value) or value < minimum:
+            self(key, f"{key} must be an integer >= {minimum}{what}, got {value!r}")
+
+
 class InterestRecommender(SequentialRecommender):
     """A retrieval model whose user is ``K`` interest vectors and whose item is one vector.
 
@@ -54,7 +72,7 @@ class InterestRecommender(SequentialRecommender):
         super().__init__(config, dataset)
 
         # parameters from config
-        self._config_source = getattr(config, "key_source", None)  # MindConfig: where each key was set
+        self.check_config(config)
         self.embedding_size = config["embedding_size"]
         self.item_side_fields = field_list(config["item_side_fields"], "item_side_fields")
         self.user_profile_fields = field_list(config["user_profile_fields"], "user_profile_fields")
@@ -64,8 +82,6 @@ class InterestRecommender(SequentialRecommender):
         self.num_negatives = config["num_negatives"]
         self.negative_sampling_alpha = config["negative_sampling_alpha"]
         self.score_chunk_size = config["score_chunk_size"]
-        self._check_config()
-        del self._config_source
 
         # layers and loss
         side_tables = feature_table(dataset, "item", self.item_side_fields)
@@ -89,31 +105,29 @@ class InterestRecommender(SequentialRecommender):
         # initialisation
         self.apply(self._init_weights)
 
-    def _check_config(self):
-        """Raise ``ValueError`` naming the key (and where it was set) for a setting out of range."""
-        if self.loss_type not in LOSS_TYPES:
-            self._config_error("loss_type", f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        self._require_int("embedding_size", self.embedding_size, 1)
-        if self.loss_type == "sampled_softmax":
-            self._require_int("num_negatives", self.num_negatives, 1, " for sampled_softmax")
-        self._require_int("score_chunk_size", self.score_chunk_size, 1)
-        for size in self.tower_hidden_sizes:
-            self._require_int("tower_hidden_sizes", size, 1, " (each size)")
-        if not _is_number(self.dropout_prob) or not 0 <= self.dropout_prob < 1:
-            self._config_error("dropout_prob", f"dropout_prob must be in [0, 1), got {self.dropout_prob!r}")
-        if not _is_number(self.negative_sampling_alpha) or not math.isfinite(self.negative_sampling_alpha):
-            self._config_error(
-                "negative_sampling_alpha",
-                f"negative_sampling_alpha must be a number, got {self.negative_sampling_alpha!r}",
-            )
+    @classmethod
+    def check_config(cls, config):
+        """Raise ``ValueError`` naming the key (and where it was set) for a setting out of range.
 
-    def _require_int(self, key, value, minimum, what=""):
-        if not _is_int(value) or value < minimum:
-            self._config_error(key, f"{key} must be an integer >= {minimum}{what}, got {value!r}")
-
-    def _config_error(self, key, message):
-        source = self._config_source(key) if self._config_source else None
-        raise ValueError(f"{message} (set in {source})" if source else message)
+        :class:`mind_recbole.config.MindConfig` calls it as soon as the config is built, before
+        anything is loaded or logged; ``__init__`` calls it again for a config built elsewhere.
+        """
+        error = ConfigErrors(config)
+        if config["loss_type"] not in LOSS_TYPES:
+            error("loss_type", f"loss_type must be one of {LOSS_TYPES}, got {config['loss_type']!r}")
+        error.require_int("embedding_size", 1)
+        if config["loss_type"] == "sampled_softmax":
+            error.require_int("num_negatives", 1, " for sampled_softmax")
+        error.require_int("score_chunk_size", 1)
+        for size in config["tower_hidden_sizes"] or []:
+            if not _is_int(size) or size < 1:
+                error("tower_hidden_sizes", f"tower_hidden_sizes must be an integer >= 1 (each size), got {size!r}")
+        dropout = config["dropout_prob"]
+        if not _is_number(dropout) or not 0 <= dropout < 1:
+            error("dropout_prob", f"dropout_prob must be in [0, 1), got {dropout!r}")
+        alpha = config["negative_sampling_alpha"]
+        if not _is_number(alpha) or not math.isfinite(alpha):
+            error("negative_sampling_alpha", f"negative_sampling_alpha must be a number, got {alpha!r}")
 
     @staticmethod
     def _init_weights(module):

@@ -6,6 +6,8 @@ import os
 import torch
 from torch import nn
 
+from mind_recbole.data.atomic_files import atomic_file_fields
+
 
 def feature_table(dataset, source, fields):
     """Per-id feature tensors of ``fields`` from the dataset's ``.item`` or ``.user`` table.
@@ -48,13 +50,6 @@ def missing_field_message(dataset, source, config_key, field, loaded):
         f"{config_key} names {field!r}, but {path} has no such field (its fields: {', '.join(in_file)}); "
         f"fix the name or remove it from {config_key}"
     )
-
-
-def atomic_file_fields(path, separator="\t", encoding=None):
-    """The field names of a RecBole atomic file, from its ``name:type`` header line."""
-    with open(path, "r", encoding=encoding or "utf-8") as f:
-        header = f.readline().rstrip("\r\n")
-    return [column.split(":")[0] for column in header.split(separator or "\t")]
 
 
 class FeatureEmbedding(nn.Module):

@@ -17,7 +17,7 @@ way serving does (``p = inf``: exactly ``max_k``) and every interest is penalise
 it ranks high.
 """
 
-from mind_recbole.model.base import InterestRecommender, _is_int, _is_number
+from mind_recbole.model.base import ConfigErrors, InterestRecommender, _is_int, _is_number
 from mind_recbole.model.layers import (
     B2IDynamicRouting,
     interest_count_mask,
@@ -50,7 +50,7 @@ class MIND(InterestRecommender):
         self.routing_init_std = config["routing_init_std"]
         self.fixed_routing_init = config["fixed_routing_init"]
         self.routing_detach_logits = config["routing_detach_logits"]
-        self.attention_pow = config["attention_pow"]
+        self.attention_pow = _to_float(config["attention_pow"])  # checked by check_config
         self.label_attention = config["label_attention"]
         super().__init__(config, dataset)
 
@@ -65,30 +65,27 @@ class MIND(InterestRecommender):
             self.routing_detach_logits,
         )
 
-    def _check_config(self):
-        super()._check_config()
-        if not _is_int(self.interest_num):
-            self._config_error("interest_num", f"interest_num (K) must be an integer, got {self.interest_num!r}")
-        if self.interest_num < 1:
-            self._config_error("interest_num", f"interest_num (K) must be >= 1, got {self.interest_num}")
-        self._require_int("routing_iterations", self.routing_iterations, 1)
-        power = _to_float(self.attention_pow)
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        error = ConfigErrors(config)
+        interest_num = config["interest_num"]
+        if not _is_int(interest_num):
+            error("interest_num", f"interest_num (K) must be an integer, got {interest_num!r}")
+        if interest_num < 1:
+            error("interest_num", f"interest_num (K) must be >= 1, got {interest_num}")
+        error.require_int("routing_iterations", 1)
+        power = _to_float(config["attention_pow"])
         if power is None or not power > 0:
-            self._config_error(
-                "attention_pow",
-                f"attention_pow (p) must be > 0 (or .inf for hard attention), got {self.attention_pow!r}",
-            )
-        self.attention_pow = power
-        if self.label_attention not in LABEL_ATTENTION_MODES:
-            self._config_error(
-                "label_attention",
-                f"label_attention must be one of {LABEL_ATTENTION_MODES}, got {self.label_attention!r}",
-            )
-        if not _is_number(self.routing_init_std) or not self.routing_init_std >= 0:
-            self._config_error("routing_init_std", f"routing_init_std must be >= 0, got {self.routing_init_std!r}")
+            error("attention_pow", f"attention_pow (p) must be > 0 (or .inf for hard attention), got {config['attention_pow']!r}")
+        if config["label_attention"] not in LABEL_ATTENTION_MODES:
+            error("label_attention", f"label_attention must be one of {LABEL_ATTENTION_MODES}, got {config['label_attention']!r}")
+        sigma = config["routing_init_std"]
+        if not _is_number(sigma) or not sigma >= 0:
+            error("routing_init_std", f"routing_init_std must be >= 0, got {sigma!r}")
         for key in ("fixed_routing_init", "routing_detach_logits"):
-            if not isinstance(getattr(self, key), bool):
-                self._config_error(key, f"{key} must be True or False, got {getattr(self, key)!r}")
+            if not isinstance(config[key], bool):
+                error(key, f"{key} must be True or False, got {config[key]!r}")
 
     def extract_interests(self, history, seq_mask, item_seq_len):
         interest_mask = interest_count_mask(item_seq_len, self.interest_num)  # [B K]
