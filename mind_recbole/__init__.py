@@ -16,8 +16,9 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
     return _run_recbole(model, dataset, config_file_list, config_dict, saved, **options)
 
 
-def load_data_and_model(model_file):
-    """Rebuild a trained model and its data; see :func:`mind_recbole.quick_start.load_data_and_model`."""
+def load_data_and_model(model_file, **options):
+    """Rebuild a trained model and its data; see :func:`mind_recbole.quick_start.load_data_and_model`
+    (``options``: ``state``, the log level while loading)."""
     from mind_recbole.quick_start import load_data_and_model as _load
 
-    return _load(model_file)
+    return _load(model_file, **options)

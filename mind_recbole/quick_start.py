@@ -468,10 +468,11 @@ def portable_config(config):
     return config
 
 
-def load_data_and_model(model_file):
+def load_data_and_model(model_file, *, state=None):
     """Rebuild config, model (weights loaded), dataset and data loaders from a checkpoint.
 
-    Works for the plugin's models and RecBole's. Raises :class:`CheckpointError` (a ``ValueError``)
+    Works for the plugin's models and RecBole's. ``state`` overrides the checkpoint's log level
+    (RecBole's ``state``: ``INFO`` logs the config and the dataset). Raises :class:`CheckpointError` (a ``ValueError``)
     naming the file for a corrupt or truncated file and for a checkpoint whose dataset (found at
     its ``data_path``) has other items than it was trained on. The checkpoint is unpickled in full
     (RecBole stores its ``Config`` in it): only load files you trust.
@@ -485,6 +486,8 @@ def load_data_and_model(model_file):
 
     checkpoint = read_checkpoint(model_file)
     config = portable_config(checkpoint["config"])
+    if state is not None:  # e.g. "WARNING": no log of the config and dataset while loading
+        config["state"] = state
     if not os.path.isdir(config["data_path"]):
         raise FileNotFoundError(
             f"{model_file}: its dataset folder {config['data_path']} does not exist here "

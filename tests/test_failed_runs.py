@@ -119,3 +119,17 @@ def test_an_export_that_fails_parity_keeps_the_previous_export(mind_export, tmp_
     fresh = export_model(model, dataset, tmp_path / "new", checkpoint=Path("x.pth"))
     assert fresh.out_dir == tmp_path / "new" and all(Path(f).parent == fresh.out_dir for f in fresh.files)
     assert all(Path(f).is_file() for f in fresh.files) and fresh.parity.passed
+
+
+def test_export_never_replaces_a_folder_holding_other_files(mind_export, tmp_path, capsys):
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "missing.pth"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    from export.onnx_export import export_model
+
+    _, model, dataset, _ = mind_export
+    with pytest.raises(FileExistsError, match=r"holds files that are not part of an export \(notes\.txt\)"):
+        export_model(model, dataset, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "precious"
