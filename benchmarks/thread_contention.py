@@ -2,16 +2,19 @@
 OpenMP's wait policies: what ``mind_recbole.threads`` guards against.
 
 Each setting runs in its own process (the policy is read when torch loads). The busy process is
-the same step run with one torch thread, as another training with ``--torch_threads=1`` would be;
-it is stopped after each measurement (and after ``--busy-limit`` seconds at the latest).
+the same step run with one torch thread, or ``--busy-command`` (e.g. a real training); it is
+stopped after each measurement (the step loop also after ``--busy-limit`` seconds).
 
 Usage:
   python benchmarks/thread_contention.py [--seconds 3] [--out results/epoch_speed.md]
+  python benchmarks/thread_contention.py --busy-command "mind-recbole train --model SINE --dataset amazon-beauty"
 """
 
 import argparse
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -60,25 +63,30 @@ def measure(environment, threads, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per setting")
-    parser.add_argument("--busy-limit", type=float, default=120.0, help="the busy process stops after this long")
+    parser.add_argument("--busy-limit", type=float, default=120.0, help="the busy step loop stops after this long")
+    parser.add_argument("--busy-command", help="run this as the busy process instead of the step loop")
     parser.add_argument("--out", type=Path, help="append the Markdown table to this file")
     args = parser.parse_args()
 
     rows = []
     for name, environment, threads in SETTINGS:
         idle = measure(environment, threads, args.seconds)
-        busy = subprocess.Popen([sys.executable, "-c", STEP, "1", str(args.busy_limit)],
-                                env=clean_environment({"OMP_WAIT_POLICY": "PASSIVE"}), stdout=subprocess.DEVNULL)
+        busy_command = (shlex.split(args.busy_command) if args.busy_command
+                        else [sys.executable, "-c", STEP, "1", str(args.busy_limit)])
+        busy = subprocess.Popen(busy_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
         try:
-            time.sleep(2)
+            time.sleep(30 if args.busy_command else 2)  # a real training first loads its data
             beside = measure(environment, threads, args.seconds)
         finally:
-            busy.kill()
+            os.killpg(busy.pid, signal.SIGKILL)  # the command and any process it started
             busy.wait()
         rows.append((name, threads, idle, beside))
         print(f"{name} {threads} threads: {idle:.0f} idle, {beside:.0f} beside 1 busy", file=sys.stderr)
+    busy_option = f" --busy-command {shlex.quote(args.busy_command)}" if args.busy_command else ""
     lines = [
-        f"Small training step, {os.cpu_count()} CPUs (`python benchmarks/thread_contention.py --seconds {args.seconds:g}`)",
+        f"Small training step, {os.cpu_count()} CPUs "
+        f"(`python benchmarks/thread_contention.py --seconds {args.seconds:g}{busy_option}`)",
         "",
         "| OpenMP wait | torch threads | steps / s idle | steps / s beside 1 busy | slow-down |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -4,8 +4,9 @@ torch's intra-op thread pool is OpenMP (libgomp in the Linux wheels). Left to it
 worker thread that runs out of work spins for a while before it sleeps (libgomp: 300,000 spins
 when ``OMP_WAIT_POLICY`` is unset). On a machine whose cores are all busy (2 threads here beside
 one other busy process on 2 cores) the spinning threads hold the core the thread with the work
-needs, and every parallel region waits for a time slice: a small training step ran 30x slower
-(13 against 399 steps per second, ``results/epoch_speed.md``). ``OMP_WAIT_POLICY=PASSIVE`` makes
+needs, and every parallel region waits for a time slice: a small training step ran 35x slower
+beside another training (11 against 375 steps per second idle; 347 with PASSIVE,
+``results/epoch_speed.md``). ``OMP_WAIT_POLICY=PASSIVE`` makes
 waiting threads sleep at once, which costs little on an idle machine.
 
 libgomp reads these variables once, when it is loaded by ``import torch``, so
