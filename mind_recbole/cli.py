@@ -17,8 +17,10 @@ import os
 import sys
 from pathlib import Path
 
+from mind_recbole.atomic_write import write_json
 from mind_recbole.config_files import DEFAULT_DATA_PATH, dataset_config_files
 from mind_recbole.known_warnings import hide_known_warnings
+from mind_recbole.results import format_metrics_table, result_record
 from mind_recbole.threads import configure_openmp
 
 TRACEBACK_VARIABLE = "MIND_RECBOLE_TRACEBACK"  # set: unexpected errors show their traceback
@@ -70,7 +72,7 @@ def stdout_closed():
 
 def build_parser():
     from mind_recbole.compare.runner import DEFAULT_MODELS  # no torch, no RecBole at import
-    from mind_recbole.distributed import DEFAULT_PORT
+    from mind_recbole.quick_start import DEFAULT_PORT
     parser = argparse.ArgumentParser(prog="mind-recbole", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -217,6 +219,12 @@ def chosen_config_files(args, model=None, overrides=()):
     return config_files
 
 
+def recbole_command_line(overrides=()):
+    """Leave only ``overrides`` after the program name in ``sys.argv``: RecBole reads every
+    ``--key=value`` there as a config override, our own options included."""
+    sys.argv = sys.argv[:1] + list(overrides)
+
+
 def parse_overrides(overrides):
     """Check that extra arguments are RecBole-style ``--key=value`` overrides."""
     bad = [arg for arg in overrides if not (arg.startswith("--") and "=" in arg)]
@@ -227,11 +235,10 @@ def parse_overrides(overrides):
 
 def train_model(args, overrides):
     from mind_recbole import compat
-    from mind_recbole.distributed import run as run_distributed
+    from mind_recbole.quick_start import run as run_distributed
 
     config_files = chosen_config_files(args, args.model, overrides)
-    # RecBole reads --key=value overrides from sys.argv itself, with its own type conversion.
-    sys.argv = [sys.argv[0]] + parse_overrides(overrides)
+    recbole_command_line(parse_overrides(overrides))  # RecBole converts their types itself
     compat.apply()
     from mind_recbole.config import check_command_line_keys
 
@@ -251,7 +258,7 @@ def train_model(args, overrides):
     record = result_record(args.model, args.dataset, result, config_files)
     split = "valid" if args.valid_only else "test"
     print(format_metrics_table({args.model: record["best_valid_result" if args.valid_only else "test_result"]}, title=f"{split} metrics on {args.dataset}"))
-    write_json(args.result_json, record)
+    write_result_json(args.result_json, record)
     return 0
 
 
@@ -266,7 +273,7 @@ def compare_models(args, overrides):
         raise ValueError(f"--protocols: unknown {unknown}; choose from {', '.join(PROTOCOL_GROUPS)}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    sys.argv = sys.argv[:1]  # overrides go to every run through config_dict, not RecBole's argv parsing
+    recbole_command_line()  # overrides go to every run through config_dict
     paths = run_comparison(
         args.dataset, models, config_files, args.seeds, args.out, groups,
         overrides=parse_override_values(overrides), rerun=args.rerun, report_only=args.report_only,
@@ -295,14 +302,14 @@ def run_quickstart(args, _overrides):
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    sys.argv = sys.argv[:1]
+    recbole_command_line()
     records = {}
     for model, extra in (("MIND", {"epochs": args.epochs}), ("Pop", {"epochs": 1})):
         extra["torch_threads"] = args.torch_threads  # None: OMP_NUM_THREADS, else one per core
         result = run_recbole(model=model, dataset="ml-100k", config_file_list=[str(QUICKSTART_CONFIG)], config_dict=extra)
         records[model] = result_record(model, "ml-100k", result, [QUICKSTART_CONFIG])
     print(format_metrics_table({m: r["test_result"] for m, r in records.items()}, title="test metrics on ml-100k"))
-    write_json(args.result_json, records)
+    write_result_json(args.result_json, records)
     print(quickstart_next_steps(records["MIND"]["saved_model_file"]))
     return 0
 
@@ -312,7 +319,7 @@ def quickstart_next_steps(checkpoint):
     fields, so ``retrieve`` needs ``--user``; an ml-100k user and the items of their history)."""
     from mind_recbole.data.atomic_files import dataset_folder
     from mind_recbole.evaluation.multi_interest import read_sequences
-    from mind_recbole.quick_start import build_config
+    from mind_recbole.training import build_config
 
     config = build_config("Pop", "ml-100k", [str(QUICKSTART_CONFIG)], {"use_gpu": False})
     sequences = read_sequences(dataset_folder(config) / "ml-100k.inter")
@@ -337,38 +344,11 @@ def positive_int(text):
     return value
 
 
-def result_record(model, dataset, result, config_files):
-    """A JSON-ready summary of one run (metric names as RecBole writes them, e.g. ``recall@50``)."""
-    epoch_seconds = result.get("train_epoch_seconds") or []
-    return {
-        "model": model,
-        "dataset": dataset,
-        "config_files": [str(f) for f in config_files],
-        "best_valid_result": {k: float(v) for k, v in result["best_valid_result"].items()},
-        "test_result": {k: float(v) for k, v in (result["test_result"] or {}).items()} or None,
-        "epochs": len(epoch_seconds),
-        "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
-        "saved_model_file": result.get("saved_model_file"),
-    }
-
-
-def format_metrics_table(results, title):
-    """Rows: models; columns: metrics (``{model: {metric: value}}``)."""
-    metrics = list(next(iter(results.values())))
-    width = max(len("model"), *(len(m) for m in results))
-    lines = [title, "  ".join(["model".ljust(width)] + [m.rjust(10) for m in metrics])]
-    for model, values in results.items():
-        lines.append("  ".join([model.ljust(width)] + [f"{values.get(m, float('nan')):10.4f}" for m in metrics]))
-    return "\n".join(lines)
-
-
-def write_json(path, payload):
+def write_result_json(path, payload):
+    """Write ``payload`` to ``--result-json`` (when given) atomically and say so."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    temporary.replace(path)
+    write_json(path, payload)
     print(f"wrote {path}")
 
 

@@ -20,7 +20,7 @@ compat.apply()  # the tests import RecBole's data and trainer code directly
 
 def tiny_config(data_path, model="MIND", **overrides):
     """Config for the model tests: beauty-mini, short histories, quiet, CPU."""
-    from mind_recbole.quick_start import build_config
+    from mind_recbole.training import build_config
 
     config_dict = {
         "data_path": str(data_path),

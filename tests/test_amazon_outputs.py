@@ -110,7 +110,7 @@ def test_train_on_data_without_the_time_field_names_it(synthetic_amazon, tmp_pat
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["mind-recbole"])
     status = cli.main(["train", "--model", "MIND", "--dataset", "syn",
-                       f"--load_col={{'inter': ['user_id', 'item_id']}}"])
+                       "--load_col={'inter': ['user_id', 'item_id']}"])
     err = capsys.readouterr().err
     assert status == 2
     assert f"{report.inter_path.resolve()} has no time field 'timestamp' (its fields: user_id, item_id)" in err

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mind_recbole.quick_start import reserve_checkpoint_file
+from mind_recbole.checkpoints import reserve_checkpoint_file
 
 
 def test_runs_started_in_the_same_second_get_their_own_checkpoint(tmp_path):

@@ -158,28 +158,3 @@ def test_compare_end_to_end_on_beauty_mini(beauty_mini_path, tmp_path, monkeypat
     assert sum("reused" in m for m in messages) == 5 and not any(": training" in m for m in messages)
     assert not any("not recorded" in m for m in messages)
     assert {r["data_fingerprint"] for r in payload["runs"]} == {data_fingerprint(beauty_mini_path / "amazon-beauty-mini", "amazon-beauty-mini")}
-
-
-@pytest.mark.parametrize("name", ["MIND", "SASRec"])
-def test_sampled_scores_from_the_full_ranking_equal_predict(beauty_mini_data, name):
-    import torch
-    from recbole.data.interaction import Interaction
-
-    from mind_recbole.compare.runner import scores_from_full_ranking
-    from mind_recbole.registry import get_model
-    from tests.conftest import tiny_config
-
-    config, dataset, _, _, test_data = beauty_mini_data
-    config = tiny_config(config["data_path"].rsplit("/", 1)[0], model=name, hidden_size=16, inner_size=32,
-                         train_neg_sample_args=None)
-    model = get_model(name)(config, test_data._dataset).eval()
-    users = next(iter(test_data))[0][:5]
-    items = torch.randint(1, dataset.item_num, (5, 7))
-    rows = Interaction({k: v.repeat_interleave(7, dim=0) for k, v in users.interaction.items()})
-    rows.update(Interaction({model.ITEM_ID: items.reshape(-1)}))
-    with torch.no_grad():
-        expected = model.predict(rows)
-        with scores_from_full_ranking(model):
-            fast = model.predict(rows)
-        assert model.predict(rows).tolist() == expected.tolist()  # the class's method is back
-    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mind_recbole import performance
-from mind_recbole.quick_start import build_config
+from mind_recbole.training import build_config
 from mind_recbole.registry import get_model
 
 

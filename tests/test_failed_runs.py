@@ -8,8 +8,8 @@ import pytest
 
 from mind_recbole import cli
 from mind_recbole.config import ConfigValueError
-from mind_recbole.quick_start import build_config
-from tests.conftest import AMAZON_CONFIG, train_tiny_checkpoint
+from mind_recbole.training import build_config
+from tests.conftest import train_tiny_checkpoint
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mind_recbole.quick_start import TRAINING_STATE_KEY, CheckpointError
+from mind_recbole.checkpoints import TRAINING_STATE_KEY, CheckpointError
 from tests.conftest import AMAZON_CONFIG, free_port, load_checkpoint
 
 SMALL = {
@@ -28,8 +28,8 @@ def quiet_argv(monkeypatch, tmp_path):
 
 
 def train(data_path, folder, model="MIND", nproc=1, resume=None, **overrides):
-    """run_recbole (nproc 1) or distributed.run on beauty-mini with SMALL; checkpoints go to ``folder``."""
-    from mind_recbole.distributed import run
+    """run_recbole (nproc 1) or quick_start.run on beauty-mini with SMALL; checkpoints go to ``folder``."""
+    from mind_recbole.quick_start import run
 
     config_dict = {**SMALL, "data_path": str(data_path), "checkpoint_dir": str(folder), **overrides}
     return run(
@@ -50,8 +50,10 @@ def max_weight_difference(a, b):
 def test_resume_repeats_an_uninterrupted_run_exactly(beauty_mini_path, tmp_path, quiet_argv):
     uninterrupted = train(beauty_mini_path, tmp_path / "full", epochs=3)
     first = train(beauty_mini_path, tmp_path / "parts", epochs=1)
-    state = weights(first["saved_model_file"])["other_parameter"][TRAINING_STATE_KEY]
+    saved = weights(first["saved_model_file"])
+    state = saved[TRAINING_STATE_KEY]  # beside the model's own other_parameter, not inside it
     assert set(state) == {"rng", "best_valid_result", "item_ids_sha1"} and len(state["rng"]) == 1
+    assert TRAINING_STATE_KEY not in (saved["other_parameter"] or {})
     resumed = train(beauty_mini_path, tmp_path / "parts", epochs=3, resume=first["saved_model_file"])
 
     assert resumed["saved_model_file"] == first["saved_model_file"]  # RecBole goes on writing the same file
@@ -178,7 +180,7 @@ def test_cli_trains_on_two_processes_and_resumes_exactly(beauty_mini_path, tmp_p
     assert main([*common, "--port", free_port(), "--epochs=1", "--result-json", str(first_json)]) == 0
     first = json.loads(first_json.read_text())
     assert "distributed: 2 processes" in capsys.readouterr().out
-    state = weights(first["saved_model_file"])["other_parameter"][TRAINING_STATE_KEY]
+    state = weights(first["saved_model_file"])[TRAINING_STATE_KEY]
     assert len(state["rng"]) == 2  # each process's generators
 
     status = main([*common, "--port", free_port(), "--epochs=2", "--resume", first["saved_model_file"],

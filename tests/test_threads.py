@@ -53,7 +53,7 @@ def test_run_recbole_config_sets_the_policy_and_warns_when_torch_came_first():
         "import json, logging, os",
         "logging.basicConfig(level=logging.WARNING)",
         "import torch",
-        "from mind_recbole.quick_start import build_config",
+        "from mind_recbole.training import build_config",
         "build_config('Pop', 'ml-100k', config_dict={'use_gpu': False})",
         "print(json.dumps({'policy': os.environ.get('OMP_WAIT_POLICY')}))",
     ])

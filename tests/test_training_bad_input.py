@@ -17,7 +17,8 @@ import yaml
 
 from mind_recbole.config import UnknownConfigKeyError, known_config_keys
 from mind_recbole.model.mind import MIND
-from mind_recbole.quick_start import CheckpointError, build_config
+from mind_recbole.checkpoints import CheckpointError
+from mind_recbole.training import build_config
 from tests.conftest import AMAZON_CONFIG, BEAUTY_MINI, PROJECT_ROOT, load_checkpoint, tiny_config
 
 RECBOLE_PROPERTIES = Path(recbole.__file__).parent / "properties"

@@ -14,7 +14,7 @@ def dataset_statistics(dataset, config_files, overrides=None):
     import statistics
 
     from mind_recbole.evaluation.multi_interest import read_sequences
-    from mind_recbole.quick_start import build_config
+    from mind_recbole.training import build_config
 
     config = build_config("Pop", dataset, [str(f) for f in config_files], dict(overrides or {}))
     sequences = read_sequences(

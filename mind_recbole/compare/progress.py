@@ -7,7 +7,7 @@ so a stopped comparison used to lose its run in progress. While a run trains, ev
 hash and data fingerprint, and what the run has measured so far (validation scores, epoch
 seconds, wall time). A later ``compare`` that finds it, on the same settings and files, resumes
 training from that checkpoint with the random generators restored
-(:func:`mind_recbole.quick_start.resume_training`), so the finished run equals an uninterrupted
+(:meth:`mind_recbole.trainer.MindTrainerMixin.resume`), so the finished run equals an uninterrupted
 one; the epochs between the checkpoint and the stop are trained again. The file is removed when
 the run's result is written.
 """
@@ -15,9 +15,10 @@ the run's result is written.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from mind_recbole.atomic_write import write_json
 
 
 @dataclass
@@ -64,14 +65,6 @@ def partial_path(run_path):
 def write_partial(path, partial):
     """Write ``partial`` (a :class:`PartialRun`) to ``path``, atomically."""
     write_json(path, asdict(partial))
-
-
-def write_json(path, payload):
-    """Write ``payload`` under a temporary name, then rename: a stop while writing keeps the old file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    temporary.replace(path)
 
 
 def stale_reason(run, config_hash, data_fingerprint):

@@ -6,10 +6,10 @@ one table per protocol (mean ± std over seeds), training cost, and the interest
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 from pathlib import Path
+
+from mind_recbole.atomic_write import replaced_on_success, write_json, write_text
 
 PROTOCOLS = {
     "full": "Leave-one-out, full ranking",
@@ -72,12 +72,12 @@ def write_report(dataset, records, out, config_files, statistics_rows, command, 
     out.mkdir(parents=True, exist_ok=True)
     table = aggregate(records)
     paths = {
-        "json": _write(out / f"{dataset}.json", json.dumps(_json_payload(dataset, records, table), indent=2) + "\n"),
+        "json": write_json(out / f"{dataset}.json", _json_payload(dataset, records, table)),
         "png": plot_recall(dataset, table, out / f"{dataset}.png"),
     }
     markdown = render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds,
                                paths["png"], missing)
-    paths["md"] = _write(out / f"{dataset}.md", markdown)
+    paths["md"] = write_text(out / f"{dataset}.md", markdown)
     return paths
 
 
@@ -228,10 +228,9 @@ def plot_recall(dataset, table, path):
         axis.legend(fontsize=8)
     figure.suptitle(f"{dataset}: Recall@N (mean ± std over seeds)")
     figure.tight_layout()
-    temporary = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}.png")
-    figure.savefig(temporary, dpi=110)
+    with replaced_on_success(path) as temporary:
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
-    temporary.replace(path)
     return path
 
 
@@ -253,9 +252,3 @@ def _display(file):
 def _unique(items):
     return list(dict.fromkeys(items))
 
-
-def _write(path, text):
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
-    temporary.replace(path)
-    return path

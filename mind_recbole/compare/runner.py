@@ -23,18 +23,15 @@ import hashlib
 import json
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from mind_recbole.compare.progress import RunProgress, partial_path, read_partial, stale_reason, write_json
+from mind_recbole.atomic_write import write_json
+from mind_recbole.compare.progress import RunProgress, partial_path, read_partial, stale_reason
 from mind_recbole.config_files import tuned_config_file
-from mind_recbole.quick_start import (
-    build_config, install_training_state, prepare_training, read_checkpoint, record_training_epochs,
-    removing_unwritten_checkpoint, resume_training,
-)
+from mind_recbole.training import build_config, prepare_training
 
 DEFAULT_MODELS = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
 CTR_MODELS = ("DIN",)  # RecBole's DIN scores given (user, item) pairs: no full ranking
@@ -43,7 +40,7 @@ COMPARE_PROPERTIES = Path(__file__).resolve().parents[1] / "properties" / "compa
 SAMPLED_MODE = "uni100"
 # Settings that change speed or logging, not results: left out of a run's hash, so a run trained
 # with one torch thread is reused by a comparison run with two.
-RUNTIME_KEYS = ("torch_threads", "malloc_tuning", "show_progress", "state")
+RUNTIME_KEYS = ("torch_threads", "malloc_tuning", "show_progress", "state", "checkpoint_dir")
 ATOMIC_SUFFIXES = (".inter", ".item", ".user")  # the files a run reads (ComiRec's split is derived from them)
 
 
@@ -157,8 +154,8 @@ def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, c
     else:
         sampled_test = test_data
     init_seed(seed, True)  # the same sampled negatives for every model
-    with scores_from_full_ranking(trainer.model, enabled=model_name not in CTR_MODELS):
-        record.results["sampled"] = _floats(trainer.evaluate(sampled_test, load_best_model=model_name in CTR_MODELS))
+    trainer.score_sampled_from_full_ranking = model_name not in CTR_MODELS
+    record.results["sampled"] = _floats(trainer.evaluate(sampled_test, load_best_model=model_name in CTR_MODELS))
     return record
 
 
@@ -170,37 +167,6 @@ def sampled_test_loader(sampled_config, dataset, loaders):
     built = [loader._dataset for loader in loaders]
     _, _, test_sampler = create_samplers(sampled_config, dataset, built)
     return get_dataloader(sampled_config, "test")(sampled_config, built[2], test_sampler, shuffle=False)
-
-
-@contextmanager
-def scores_from_full_ranking(model, enabled=True):
-    """Score RecBole's sampled-evaluation rows from one ``full_sort_predict`` per distinct history.
-
-    RecBole's ``uni100`` evaluation calls ``predict`` on 101 rows per user, re-encoding the same
-    history 101 times (minutes for MIND's routing on 22k users). For a model that ranks the
-    catalogue, the score of (history, item) is the same number read from the full ranking: this
-    encodes each distinct history once and gathers the rows' items. CTR models keep ``predict``.
-    """
-    sequence_field = getattr(model, "ITEM_SEQ", None)
-    if not enabled or sequence_field is None:
-        yield
-        return
-
-    import torch
-
-    def predict(interaction):
-        histories, inverse = torch.unique(interaction[sequence_field], dim=0, return_inverse=True)
-        rows = torch.arange(len(inverse), device=inverse.device)
-        representative = torch.empty(len(histories), dtype=torch.long, device=inverse.device)
-        representative.scatter_(0, inverse, rows)  # one row of each distinct history
-        scores = model.full_sort_predict(interaction[representative]).view(len(histories), -1)  # [H n_items]
-        return scores[inverse, interaction[model.ITEM_ID]]  # [rows]
-
-    model.predict = predict
-    try:
-        yield
-    finally:
-        del model.predict  # back to the class's method
 
 
 def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, tracking=None):
@@ -224,22 +190,16 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, 
         model_name, training_name, config_files,
         {"seed": seed, **overrides, "data_path": str(root), "eval_args": eval_args},
     )
-    holder = {}
 
     def prepare(config_, dataset_):
+        """Training loader of the training users; the validation and test users' evaluators."""
         train_data, _, _ = data_preparation(config_, dataset_)
-        holder["valid"] = multi_interest.HeldOutEvaluator(split.valid, dataset_, config_)
-        holder["test"] = multi_interest.HeldOutEvaluator(split.test, dataset_, config_)
-        return train_data, holder["valid"], None
+        valid = multi_interest.HeldOutEvaluator(split.valid, dataset_, config_)
+        return train_data, valid, multi_interest.HeldOutEvaluator(split.test, dataset_, config_)
 
-    def before_fit(trainer):
-        multi_interest.validate_with(trainer, holder["valid"])
-
-    record, trainer, _, _ = _train(config, prepare, before_fit=before_fit, group="multi_interest", tracking=tracking)
-    checkpoint = read_checkpoint(trainer.saved_model_file)  # the best validation epoch's weights
-    trainer.model.load_state_dict(checkpoint["state_dict"])
-    trainer.model.load_other_parameter(checkpoint.get("other_parameter"))
-    record.results["multi_interest"] = holder["test"].evaluate(trainer.model)
+    record, trainer, _, loaders = _train(config, prepare, group="multi_interest", tracking=tracking)
+    trainer.load_best_checkpoint()  # the best validation epoch's weights
+    record.results["multi_interest"] = loaders[2].evaluate(trainer.model)
     record.dataset = dataset_name
     record.diagnostics = {
         "train_users": len(split.train_users), "valid_users": len(split.valid), "test_users": len(split.test)
@@ -247,29 +207,24 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, 
     return record
 
 
-def _train(config, prepare_data=None, before_fit=None, group="leave_one_out", tracking=None):
-    """Build data, model and RecBole trainer from ``config`` and fit; the record and the objects.
+def _train(config, prepare_data=None, group="leave_one_out", tracking=None):
+    """Build data, model and trainer from ``config`` and fit; the record and the objects.
 
     ``tracking`` (:class:`RunProgress`): the partial run to resume, if any, and where to record
     each checkpoint so that a stopped run can be resumed.
     """
     resume = tracking.resume_from if tracking else None
     started = time.perf_counter() - (resume.wall_seconds if resume else 0.0)
-    dataset, loaders, trainer = prepare_training(config, prepare_data, checkpoint_file=resume and resume.checkpoint)
-    if before_fit:
-        before_fit(trainer)
-    install_training_state(trainer, loaders[0], dataset)  # checkpoints hold what an exact resume needs
-    if resume:
-        resume_training(trainer, resume.checkpoint, loaders[0], dataset)
+    dataset, loaders, trainer = prepare_training(config, prepare_data, resume=resume and resume.checkpoint)
     record = RunRecord(
         model=config["model"], dataset=config["dataset"], seed=config["seed"], group=group,
         config_hash="", config_files=[], valid_metric=config["valid_metric"], eval_step=config["eval_step"],
         parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
     )
-    record.epoch_seconds, _ = record_training_epochs(trainer)
     if resume:
-        record.epoch_seconds.extend(resume.epoch_seconds)
+        trainer.epoch_seconds[:0] = resume.epoch_seconds
         record.valid_scores.extend(resume.valid_scores)
+    record.epoch_seconds = trainer.epoch_seconds
 
     def after_validation(epoch, score):
         record.valid_scores.append(float(score))
@@ -277,10 +232,9 @@ def _train(config, prepare_data=None, before_fit=None, group="leave_one_out", tr
             tracking.save(trainer.saved_model_file, epoch, config["epochs"], record.valid_scores,
                           record.epoch_seconds, time.perf_counter() - started)
 
-    with removing_unwritten_checkpoint(trainer):
-        _, best_valid = trainer.fit(
-            loaders[0], loaders[1], saved=True, show_progress=config["show_progress"], callback_fn=after_validation,
-        )
+    _, best_valid = trainer.fit(
+        loaders[0], loaders[1], saved=True, show_progress=config["show_progress"], callback_fn=after_validation,
+    )
     record.best_valid = _floats(best_valid or {})
     record.saved_model_file = trainer.saved_model_file
     record.wall_seconds = time.perf_counter() - started

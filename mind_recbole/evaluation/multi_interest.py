@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mind_recbole.atomic_write import atomic_open
+from mind_recbole.data.atomic_files import atomic_file_fields
+
 SPLIT_RATIOS = (0.8, 0.1, 0.1)
 HISTORY_FRACTION = 0.8
 CUTOFFS = (20, 50)
@@ -122,15 +125,12 @@ def write_training_dataset(source_root, dataset, seed, train_users, target_root=
     target.mkdir(parents=True, exist_ok=True)
     keep = set(train_users)
     inter_source = source / f"{dataset}.inter"
-    temporary = target / f".{name}.inter.tmp-{os.getpid()}"
-    with inter_source.open(encoding="utf-8") as reader, temporary.open("w", encoding="utf-8") as writer:
-        header = reader.readline()
-        writer.write(header)
-        user_column = [c.split(":")[0] for c in header.rstrip("\n").split("\t")].index(user_field)
+    user_column = atomic_file_fields(inter_source).index(user_field)
+    with inter_source.open(encoding="utf-8") as reader, atomic_open(target / f"{name}.inter") as writer:
+        writer.write(reader.readline())
         for line in reader:
             if line.split("\t", user_column + 1)[user_column] in keep:
                 writer.write(line)
-    os.replace(temporary, target / f"{name}.inter")
     for suffix in ("item", "user"):
         original = source / f"{dataset}.{suffix}"
         linked = target / f"{name}.{suffix}"
@@ -169,7 +169,7 @@ class HeldOutEvaluator:
     The history (its most recent ``MAX_ITEM_LIST_LENGTH`` items) is given as RecBole's
     ``item_id_list`` / ``item_length`` fields; users are unknown to the model, so ``user_id`` is
     the padding id 0. Truthy and sized, so RecBole's ``Trainer.fit`` validates with it when it
-    stands in for the validation loader (see :func:`validate_with`).
+    stands in for the validation loader (the plugin's trainer calls :meth:`evaluate` then).
     """
 
     def __init__(self, held_out, dataset, config, cutoffs=CUTOFFS, batch_size=1024):
@@ -228,23 +228,3 @@ class HeldOutEvaluator:
         """``{recall@20: ..., ndcg@20: ..., hit@20: ..., ...@50}`` for the held-out users."""
         ranked = self.ranked_items(model, max(self.cutoffs))
         return set_metrics(ranked, self.targets, self.cutoffs)
-
-
-def validate_with(trainer, evaluator):
-    """Make RecBole's ``trainer`` validate on held-out users instead of its own loader.
-
-    ``Trainer.fit`` calls ``self._valid_epoch(valid_data)`` and reads ``valid_metric`` from the
-    result; pass ``evaluator`` as ``valid_data``. Replaces the method on this instance only.
-    """
-    metric = trainer.valid_metric
-
-    def valid_epoch(valid_data, show_progress=False):
-        result = valid_data.evaluate(trainer.model)
-        if metric not in result:
-            raise ValueError(
-                f"valid_metric {metric!r} is not reported by the multi-interest protocol "
-                f"(it reports {', '.join(result)})"
-            )
-        return result[metric], result
-
-    trainer._valid_epoch = valid_epoch
