@@ -15,6 +15,7 @@ from mind_recbole.model.layers import (
     ItemTower,
     ReLUTower,
     UserProfileEmbedding,
+    best_interest,
     feature_table,
     max_over_interests,
 )
@@ -213,8 +214,7 @@ class InterestRecommender(SequentialRecommender):
     def predict(self, interaction):
         interests, interest_mask = self.user_interests(interaction)  # [B K D]
         item_vectors = self.item_tower(interaction[self.ITEM_ID])  # [B D]
-        scores = torch.einsum("bkd,bd->bk", interests, item_vectors)
-        return scores.masked_fill(~interest_mask, float("-inf")).amax(dim=1)  # [B]
+        return best_interest(torch.einsum("bkd,bd->bk", interests, item_vectors), interest_mask).values  # [B]
 
     def full_sort_predict(self, interaction):
         interests, interest_mask = self.user_interests(interaction)

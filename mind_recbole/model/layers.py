@@ -237,7 +237,7 @@ def attention_weights(scores, interest_mask, power):
     """
     inactive = ~interest_mask.reshape(*interest_mask.shape, *([1] * (scores.dim() - 2)))
     if math.isinf(power):
-        best = scores.masked_fill(inactive, float("-inf")).argmax(dim=1, keepdim=True)
+        best = best_interest(scores, interest_mask).indices.unsqueeze(1)  # [B 1 *]
         return torch.zeros_like(scores).scatter_(1, best, 1.0)
     # |x| is kept away from 0 (and is 1 at inactive interests): for p < 1 the gradient of |x|^p
     # at 0 is infinite, and 0 * inf would turn the whole batch's gradient into NaN.
@@ -294,7 +294,7 @@ class HardLabelScores(torch.autograd.Function):
     def forward(ctx, interests, item_vectors, interest_mask):
         batch_size, interest_num, size = interests.shape
         scores = (interests.reshape(-1, size) @ item_vectors.transpose(0, 1)).view(batch_size, interest_num, -1)
-        best_scores, best = scores.masked_fill_(~interest_mask.unsqueeze(-1), float("-inf")).max(dim=1)  # [B N]
+        best_scores, best = best_interest(scores, interest_mask)  # [B N]
         ctx.save_for_backward(interests, item_vectors, best.to(torch.uint8) if interest_num < 256 else best)
         return best_scores
 
@@ -310,6 +310,19 @@ class HardLabelScores(torch.autograd.Function):
         return grad_interests, grad_items, None
 
 
+def best_interest(scores, interest_mask):
+    """The max over the interest axis of ``scores``, inactive interests left out: the one place the
+    package takes ``max_k`` in torch (the serving side's numpy twin is
+    :func:`export.retrieval.max_over_interests_topk`).
+
+    Shape:
+        - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row).
+        - Output: ``(values, winning interest)``, each ``[B, *]``.
+    """
+    inactive = ~interest_mask.view(*interest_mask.shape, *([1] * (scores.dim() - 2)))  # [B K 1...]
+    return scores.masked_fill(inactive, float("-inf")).max(dim=1)
+
+
 def max_over_interests(interests, interest_mask, item_vectors, chunk_size=None):
     """Score every item by its best interest: ``max_k e_i . v_u^k`` over active interests.
 
@@ -320,12 +333,11 @@ def max_over_interests(interests, interest_mask, item_vectors, chunk_size=None):
         - Output: ``[B, N]``.
     """
     chunk_size = chunk_size or item_vectors.shape[0]
-    inactive = ~interest_mask.unsqueeze(-1)  # [B K 1]
     scores = []
     for start in range(0, item_vectors.shape[0], chunk_size):
         chunk = item_vectors[start : start + chunk_size]  # [n D]
         chunk_scores = torch.einsum("bkd,nd->bkn", interests, chunk)  # [B K n]
-        scores.append(chunk_scores.masked_fill(inactive, float("-inf")).amax(dim=1))  # [B n]
+        scores.append(best_interest(chunk_scores, interest_mask).values)  # [B n]
     return torch.cat(scores, dim=1)
 
 
