@@ -99,17 +99,17 @@ def write_model_dir(model, out_dir, dataset_name):
 
     import torch
 
-    from export import artifacts as A
+    from export import artifacts
     from export.onnx_export import build_metadata, check_parity, export_graph, save_onnx, set_metadata
 
     proto, exporter = export_graph(model)
     set_metadata(proto, build_metadata(model, dataset_name, exporter))
-    save_onnx(proto, out_dir / A.ONNX_FILE)
+    save_onnx(proto, out_dir / artifacts.ONNX_FILE)
     with torch.no_grad():
-        np.save(out_dir / A.ITEM_EMBEDDINGS_FILE, model.all_item_vectors().numpy().astype(np.float32))
-    tokens = [A.PAD_TOKEN] + [f"item{i}" for i in range(1, model.n_items)]
-    (out_dir / A.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
-    return check_parity(out_dir / A.ONNX_FILE, model, batch_sizes=(1, 3), atol=1e-4)
+        np.save(out_dir / artifacts.ITEM_EMBEDDINGS_FILE, model.all_item_vectors().numpy().astype(np.float32))
+    tokens = [artifacts.PAD_TOKEN] + [f"item{i}" for i in range(1, model.n_items)]
+    (out_dir / artifacts.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
+    return check_parity(out_dir / artifacts.ONNX_FILE, model, batch_sizes=(1, 3), atol=1e-4)
 
 
 def bench_tower(args, rows):

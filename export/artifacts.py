@@ -55,10 +55,33 @@ META_EXPORTER = "exporter"  # dynamo or torchscript
 META_OPSET = "opset"  # the default-domain ONNX opset of the graph
 META_EXPORT_TIME = "export_time"  # ISO 8601, UTC
 META_CHECKPOINT = "checkpoint"
-META_VERSIONS = ("mind_recbole_version", "torch_version", "recbole_version", "onnx_version", "onnxscript_version")
+META_VERSIONS = {  # metadata key -> the package whose version it records
+    "mind_recbole_version": "mind_recbole", "torch_version": "torch", "recbole_version": "recbole",
+    "onnx_version": "onnx", "onnxscript_version": "onnxscript",
+}
 
 REQUIRED_METADATA = (META_INTEREST_NUM, META_EMBEDDING_SIZE, META_MAX_SEQ_LENGTH)
 NOT_APPLICABLE = "n/a"
+
+# The user tower's signature, checked by the exporter against the graph it wrote
+# (export.onnx_export.check_exported_graph: every dimension) and by the runtime against the graph it
+# loads (export.runtime.check_session_graph: names, element types, ranks). Dimensions are named
+# ("batch", "seq_len": dynamic) or metadata keys whose values they equal.
+GRAPH_INPUTS = {INPUT_ITEM_SEQ: ("int64", ("batch", "seq_len")), INPUT_ITEM_SEQ_LEN: ("int64", ("batch",))}
+PROFILE_INPUTS = {INPUT_USER_ID: ("int64", ("batch",))}  # models with user profile fields only
+GRAPH_OUTPUTS = {
+    OUTPUT_INTERESTS: ("float32", ("batch", META_INTEREST_NUM, META_EMBEDDING_SIZE)),
+    OUTPUT_MASK: ("bool", ("batch", META_INTEREST_NUM)),
+}
+GRAPH_SIGNATURE = (
+    "inputs item_seq int64 [batch, seq_len], item_seq_len int64 [batch] (and user_id int64 [batch] "
+    "for profile models); outputs interests float32 [batch, K, D], interest_mask bool [batch, K]"
+)
+
+
+def graph_inputs(uses_user_profile):
+    """The graph's inputs, in order, for a model with or without user profile fields."""
+    return {**GRAPH_INPUTS, **(PROFILE_INPUTS if uses_user_profile else {})}
 
 
 # ---------------------------------------------------------------------------------------------- errors

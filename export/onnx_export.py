@@ -31,6 +31,7 @@ keeps the ``max_seq_length`` most recent items, as training did.
 """
 
 import datetime
+import importlib
 import io
 import json
 import logging
@@ -47,13 +48,14 @@ import onnx
 import torch
 from torch import nn
 
-from export import artifacts as A
+from export import artifacts
 
 RANDOM_OPS = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 )
 EXPORTERS = ("auto", "dynamo", "torchscript")
 PROTOBUF_LIMIT = 2**31 - 2**20  # a little under 2 GiB
+ONNX_ELEMENT_TYPES = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT, "bool": onnx.TensorProto.BOOL}
 
 logger = logging.getLogger(__name__)
 
@@ -106,47 +108,30 @@ class UserTowerWithProfileModule(UserTowerModule):
         return self.model.forward(item_seq, item_seq_len, user_id)
 
 
-def uses_user_id(model):
-    """True when the model concatenates user profile embeddings (``user_profile.output_size > 0``)."""
-    profile = getattr(model, "user_profile", None)
-    return bool(getattr(profile, "output_size", 0))
-
-
 def wrap_user_tower(model):
-    return UserTowerWithProfileModule(model) if uses_user_id(model) else UserTowerModule(model)
-
-
-def max_graph_seq_length(model):
-    """The longest ``seq_len`` the tower can take: the eval routing buffer's length (None: unbounded)."""
-    routing = getattr(model, "routing", None)
-    buffer = getattr(routing, "eval_routing_logits", None)
-    return int(buffer.shape[-1]) if buffer is not None else None
+    return UserTowerWithProfileModule(model) if model.uses_user_profile else UserTowerModule(model)
 
 
 def input_names(model):
-    names = [A.INPUT_ITEM_SEQ, A.INPUT_ITEM_SEQ_LEN]
-    return names + [A.INPUT_USER_ID] if uses_user_id(model) else names
+    return list(artifacts.graph_inputs(model.uses_user_profile))
 
 
 def _n_users(model, n_users=None):
-    if n_users is not None:
-        return int(n_users)
-    buffers = [b for name, b in model.user_profile.named_buffers() if "table_" in name]
-    return int(buffers[0].shape[0]) if buffers else 1
+    return int(n_users) if n_users is not None else max(1, model.profile_user_count)
 
 
 def example_inputs(model, n_users=None, seed=0):
     """The export example: batch 2, ``seq_len`` = max_seq_length, one full and one padded row."""
     generator = torch.Generator().manual_seed(seed)
     seq_len = max(2, model.max_seq_length)
-    graph_max = max_graph_seq_length(model)
+    graph_max = model.max_history_length
     if graph_max is not None:
         seq_len = min(seq_len, graph_max)
     item_seq = torch.randint(1, max(2, model.n_items), (2, seq_len), generator=generator)
     item_seq_len = torch.tensor([seq_len, max(1, seq_len // 2)])
     item_seq[1, item_seq_len[1] :] = 0
     inputs = (item_seq, item_seq_len)
-    if uses_user_id(model):
+    if model.uses_user_profile:
         inputs += (torch.randint(0, max(1, _n_users(model, n_users)), (2,), generator=generator),)
     return inputs
 
@@ -157,9 +142,9 @@ def _export_dynamo(wrapper, example, names, opset, graph_max):
 
     batch = torch.export.Dim("batch")
     seq_len = torch.export.Dim("seq_len", max=graph_max) if graph_max else torch.export.Dim("seq_len")
-    dynamic_shapes = {A.INPUT_ITEM_SEQ: {0: batch, 1: seq_len}, A.INPUT_ITEM_SEQ_LEN: {0: batch}}
-    if A.INPUT_USER_ID in names:
-        dynamic_shapes[A.INPUT_USER_ID] = {0: batch}
+    dynamic_shapes = {artifacts.INPUT_ITEM_SEQ: {0: batch, 1: seq_len}, artifacts.INPUT_ITEM_SEQ_LEN: {0: batch}}
+    if artifacts.INPUT_USER_ID in names:
+        dynamic_shapes[artifacts.INPUT_USER_ID] = {0: batch}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -169,7 +154,7 @@ def _export_dynamo(wrapper, example, names, opset, graph_max):
             optimize=False,  # see the module docstring: the default optimizer drops the squash epsilon
             dynamic_shapes=dynamic_shapes,
             input_names=names,
-            output_names=[A.OUTPUT_INTERESTS, A.OUTPUT_MASK],
+            output_names=[artifacts.OUTPUT_INTERESTS, artifacts.OUTPUT_MASK],
             opset_version=opset,
             external_data=False,
             verbose=False,
@@ -180,7 +165,7 @@ def _export_dynamo(wrapper, example, names, opset, graph_max):
 
 
 def _export_torchscript(wrapper, example, names, opset):
-    dynamic_axes = {A.INPUT_ITEM_SEQ: {0: "batch", 1: "seq_len"}, A.OUTPUT_INTERESTS: {0: "batch"}, A.OUTPUT_MASK: {0: "batch"}}
+    dynamic_axes = {artifacts.INPUT_ITEM_SEQ: {0: "batch", 1: "seq_len"}, artifacts.OUTPUT_INTERESTS: {0: "batch"}, artifacts.OUTPUT_MASK: {0: "batch"}}
     for name in names[1:]:
         dynamic_axes[name] = {0: "batch"}
     buffer = io.BytesIO()
@@ -192,7 +177,7 @@ def _export_torchscript(wrapper, example, names, opset):
             buffer,
             dynamo=False,
             input_names=names,
-            output_names=[A.OUTPUT_INTERESTS, A.OUTPUT_MASK],
+            output_names=[artifacts.OUTPUT_INTERESTS, artifacts.OUTPUT_MASK],
             dynamic_axes=dynamic_axes,
             opset_version=opset or 17,
             do_constant_folding=True,
@@ -207,7 +192,7 @@ def export_graph(model, opset=None, exporter="auto", n_users=None):
     wrapper = wrap_user_tower(model).eval()
     names = input_names(model)
     example = example_inputs(model, n_users)
-    graph_max = max_graph_seq_length(model)
+    graph_max = model.max_history_length
     with torch.no_grad():
         if exporter in ("auto", "dynamo"):
             try:
@@ -231,22 +216,19 @@ def _dims(value_info):
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def check_graph_io(proto, names, interest_num, embedding_size):
-    """Raise :class:`ExportError` unless inputs and outputs are named, typed and shaped as documented."""
-    int64, float32, boolean = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL
-    expected_inputs = {A.INPUT_ITEM_SEQ: (int64, ["batch", "seq_len"]), A.INPUT_ITEM_SEQ_LEN: (int64, ["batch"])}
-    if A.INPUT_USER_ID in names:
-        expected_inputs[A.INPUT_USER_ID] = (int64, ["batch"])
-    expected_outputs = {
-        A.OUTPUT_INTERESTS: (float32, ["batch", interest_num, embedding_size]),
-        A.OUTPUT_MASK: (boolean, ["batch", interest_num]),
-    }
+def check_exported_graph(proto, interest_num, embedding_size):
+    """Raise :class:`ExportError` unless the graph's inputs and outputs are those of
+    :data:`export.artifacts.GRAPH_SIGNATURE` (names, element types, every dimension)."""
+    sizes = {artifacts.META_INTEREST_NUM: interest_num, artifacts.META_EMBEDDING_SIZE: embedding_size}
     graph_inputs = {i.name: i for i in proto.graph.input}
     graph_outputs = {o.name: o for o in proto.graph.output}
-    for kind, expected, actual in (("input", expected_inputs, graph_inputs), ("output", expected_outputs, graph_outputs)):
+    expected_inputs = artifacts.graph_inputs(artifacts.INPUT_USER_ID in graph_inputs)
+    for kind, expected, actual in (("input", expected_inputs, graph_inputs), ("output", artifacts.GRAPH_OUTPUTS, graph_outputs)):
         if set(expected) != set(actual):
             raise ExportError(f"graph {kind}s are {sorted(actual)}, expected {sorted(expected)}")
-        for name, (dtype, dims) in expected.items():
+        for name, (element_type, dims) in expected.items():
+            dims = [sizes.get(dim, dim) for dim in dims]
+            dtype = ONNX_ELEMENT_TYPES[element_type]
             got = (actual[name].type.tensor_type.elem_type, _dims(actual[name]))
             if got != (dtype, dims):
                 raise ExportError(
@@ -256,9 +238,10 @@ def check_graph_io(proto, names, interest_num, embedding_size):
 
 
 # ---------------------------------------------------------------------------------------------- metadata
-def _version(module_name):
+def _version(package):
+    """The installed version of ``package`` (the name it is imported by)."""
     try:
-        module = __import__(module_name)
+        module = importlib.import_module(package)
     except ImportError:
         return "not installed"
     return str(getattr(module, "__version__", "unknown"))
@@ -266,31 +249,25 @@ def _version(module_name):
 
 def build_metadata(model, dataset_name, exporter, checkpoint=None):
     """The ``metadata_props`` of ``user_tower.onnx`` (every value a string)."""
-    import mind_recbole
-
     routing_iterations = getattr(model, "routing_iterations", None)
     attention_pow = getattr(model, "attention_pow", None)
-    graph_max = max_graph_seq_length(model)
+    graph_max = model.max_history_length
     return {
-        A.META_MODEL: type(model).__name__,
-        A.META_INTEREST_NUM: str(int(model.interest_num)),
-        A.META_EMBEDDING_SIZE: str(int(model.embedding_size)),
-        A.META_MAX_SEQ_LENGTH: str(int(model.max_seq_length)),
-        A.META_MAX_GRAPH_SEQ_LENGTH: "" if graph_max is None else str(graph_max),
-        A.META_ROUTING_ITERATIONS: A.NOT_APPLICABLE if routing_iterations is None else str(int(routing_iterations)),
-        A.META_ATTENTION_POW: A.NOT_APPLICABLE if attention_pow is None else str(float(attention_pow)),
-        A.META_DATASET: str(dataset_name),
-        A.META_N_ITEMS: str(int(model.n_items)),
-        A.META_USES_USER_ID: "true" if uses_user_id(model) else "false",
-        A.META_ITEM_ID_FIELD: str(model.ITEM_ID),
-        A.META_EXPORTER: exporter,
-        A.META_EXPORT_TIME: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        A.META_CHECKPOINT: "" if checkpoint is None else Path(checkpoint).name,
-        "mind_recbole_version": mind_recbole.__version__,
-        "torch_version": torch.__version__,
-        "recbole_version": _version("recbole"),
-        "onnx_version": onnx.__version__,
-        "onnxscript_version": _version("onnxscript"),
+        artifacts.META_MODEL: type(model).__name__,
+        artifacts.META_INTEREST_NUM: str(int(model.interest_num)),
+        artifacts.META_EMBEDDING_SIZE: str(int(model.embedding_size)),
+        artifacts.META_MAX_SEQ_LENGTH: str(int(model.max_seq_length)),
+        artifacts.META_MAX_GRAPH_SEQ_LENGTH: "" if graph_max is None else str(graph_max),
+        artifacts.META_ROUTING_ITERATIONS: artifacts.NOT_APPLICABLE if routing_iterations is None else str(int(routing_iterations)),
+        artifacts.META_ATTENTION_POW: artifacts.NOT_APPLICABLE if attention_pow is None else str(float(attention_pow)),
+        artifacts.META_DATASET: str(dataset_name),
+        artifacts.META_N_ITEMS: str(int(model.n_items)),
+        artifacts.META_USES_USER_ID: "true" if model.uses_user_profile else "false",
+        artifacts.META_ITEM_ID_FIELD: str(model.ITEM_ID),
+        artifacts.META_EXPORTER: exporter,
+        artifacts.META_EXPORT_TIME: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        artifacts.META_CHECKPOINT: "" if checkpoint is None else Path(checkpoint).name,
+        **{key: _version(package) for key, package in artifacts.META_VERSIONS.items()},
     }
 
 
@@ -299,7 +276,7 @@ def set_metadata(proto, metadata):
     merged = {prop.key: prop.value for prop in proto.metadata_props}
     merged.update(metadata)
     onnx.helper.set_model_props(proto, merged)
-    proto.doc_string = f"{metadata.get(A.META_MODEL, 'user')} user tower exported by mind-recbole"
+    proto.doc_string = f"{metadata.get(artifacts.META_MODEL, 'user')} user tower exported by mind-recbole"
 
 
 # ---------------------------------------------------------------------------------------------- parity
@@ -320,7 +297,7 @@ class ParityReport:
 
     @property
     def max_abs_diff(self):
-        outputs = (A.OUTPUT_INTERESTS, A.OUTPUT_MASK)
+        outputs = (artifacts.OUTPUT_INTERESTS, artifacts.OUTPUT_MASK)
         return {o: max((c.max_abs_diff[o] for c in self.cases), default=0.0) for o in outputs}
 
     def worst_case(self, output):
@@ -329,7 +306,7 @@ class ParityReport:
     @property
     def passed(self):
         diffs = self.max_abs_diff
-        return diffs[A.OUTPUT_INTERESTS] <= self.atol and diffs[A.OUTPUT_MASK] == 0.0
+        return diffs[artifacts.OUTPUT_INTERESTS] <= self.atol and diffs[artifacts.OUTPUT_MASK] == 0.0
 
     def to_dict(self):
         return {
@@ -345,8 +322,8 @@ class ParityReport:
         return (
             f"parity ONNX Runtime vs PyTorch over {len(self.cases)} cases "
             f"(batch x seq_len: {', '.join(f'{b}x{s}' for b, s in shapes)}): "
-            f"{A.OUTPUT_INTERESTS} max abs diff {diffs[A.OUTPUT_INTERESTS]:.3g} (atol {self.atol:g}), "
-            f"{A.OUTPUT_MASK} {'identical' if diffs[A.OUTPUT_MASK] == 0 else 'DIFFERS'}"
+            f"{artifacts.OUTPUT_INTERESTS} max abs diff {diffs[artifacts.OUTPUT_INTERESTS]:.3g} (atol {self.atol:g}), "
+            f"{artifacts.OUTPUT_MASK} {'identical' if diffs[artifacts.OUTPUT_MASK] == 0 else 'DIFFERS'}"
             f" -> {'ok' if self.passed else 'FAILED'}"
         )
 
@@ -424,17 +401,17 @@ def check_parity(
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     feed_names = [i.name for i in session.get_inputs()]
-    profile = A.INPUT_USER_ID in feed_names
+    profile = artifacts.INPUT_USER_ID in feed_names
     cases = parity_cases(
         model.n_items, model.max_seq_length, batch_sizes, lengths, _n_users(model, n_users) if profile else None, seed
     )
     model.eval()
     report = ParityReport(atol=float(atol))
     for name, seq, seq_len, users in cases:
-        feed = {A.INPUT_ITEM_SEQ: seq, A.INPUT_ITEM_SEQ_LEN: seq_len}
+        feed = {artifacts.INPUT_ITEM_SEQ: seq, artifacts.INPUT_ITEM_SEQ_LEN: seq_len}
         if profile:
-            feed[A.INPUT_USER_ID] = users
-        onnx_interests, onnx_mask = session.run([A.OUTPUT_INTERESTS, A.OUTPUT_MASK], feed)
+            feed[artifacts.INPUT_USER_ID] = users
+        onnx_interests, onnx_mask = session.run([artifacts.OUTPUT_INTERESTS, artifacts.OUTPUT_MASK], feed)
         with torch.no_grad():
             torch_interests, torch_mask = model.forward(
                 torch.from_numpy(seq), torch.from_numpy(seq_len), torch.from_numpy(users) if profile else None
@@ -445,8 +422,8 @@ def check_parity(
                 seq.shape[0],
                 seq.shape[1],
                 {
-                    A.OUTPUT_INTERESTS: _max_abs_diff(onnx_interests, torch_interests.cpu().numpy()),
-                    A.OUTPUT_MASK: _max_abs_diff(onnx_mask, torch_mask.cpu().numpy()),
+                    artifacts.OUTPUT_INTERESTS: _max_abs_diff(onnx_interests, torch_interests.cpu().numpy()),
+                    artifacts.OUTPUT_MASK: _max_abs_diff(onnx_mask, torch_mask.cpu().numpy()),
                 },
             )
         )
@@ -458,8 +435,8 @@ def check_parity(
 def parity_error(report):
     """The :class:`ParityError` for a failed report (``interests`` first, then the mask)."""
     diffs = report.max_abs_diff
-    output = A.OUTPUT_INTERESTS if not diffs[A.OUTPUT_INTERESTS] <= report.atol else A.OUTPUT_MASK
-    tolerance = report.atol if output == A.OUTPUT_INTERESTS else 0.0
+    output = artifacts.OUTPUT_INTERESTS if not diffs[artifacts.OUTPUT_INTERESTS] <= report.atol else artifacts.OUTPUT_MASK
+    tolerance = report.atol if output == artifacts.OUTPUT_INTERESTS else 0.0
     return ParityError(output, diffs[output], tolerance, report.worst_case(output).name, report)
 
 
@@ -475,10 +452,10 @@ class ExportResult:
     def summary(self):
         m = self.metadata
         lines = [
-            f"exported {m[A.META_MODEL]} user tower ({m[A.META_EXPORTER]} exporter, opset {m.get(A.META_OPSET, '?')}) "
+            f"exported {m[artifacts.META_MODEL]} user tower ({m[artifacts.META_EXPORTER]} exporter, opset {m.get(artifacts.META_OPSET, '?')}) "
             f"to {self.out_dir}",
-            f"  K={m[A.META_INTEREST_NUM]} D={m[A.META_EMBEDDING_SIZE]} max_seq_length={m[A.META_MAX_SEQ_LENGTH]} "
-            f"items={m[A.META_N_ITEMS]} dataset={m[A.META_DATASET]} user_id input={m[A.META_USES_USER_ID]}",
+            f"  K={m[artifacts.META_INTEREST_NUM]} D={m[artifacts.META_EMBEDDING_SIZE]} max_seq_length={m[artifacts.META_MAX_SEQ_LENGTH]} "
+            f"items={m[artifacts.META_N_ITEMS]} dataset={m[artifacts.META_DATASET]} user_id input={m[artifacts.META_USES_USER_ID]}",
             "  files: " + ", ".join(Path(f).name for f in self.files),
         ]
         if self.parity is not None:
@@ -545,7 +522,7 @@ def check_exportable(model):
 
 # What an export folder may hold: an earlier export of these files is replaced whole.
 EXPORT_FILE_NAMES = frozenset({
-    A.ONNX_FILE, f"{A.ONNX_FILE}.data", A.ITEM_EMBEDDINGS_FILE, A.ITEM_TOKENS_FILE, A.USER_TOKENS_FILE, A.REPORT_FILE,
+    artifacts.ONNX_FILE, f"{artifacts.ONNX_FILE}.data", artifacts.ITEM_EMBEDDINGS_FILE, artifacts.ITEM_TOKENS_FILE, artifacts.USER_TOKENS_FILE, artifacts.REPORT_FILE,
 })
 
 
@@ -575,39 +552,38 @@ def staged_folder(out_dir):
 def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, check):
     """Write the export into the (empty) folder ``out_dir``; its :class:`ExportResult`."""
     model = model.to("cpu").eval()
-    n_users = dataset.user_num if uses_user_id(model) else None
+    n_users = dataset.user_num if model.uses_user_profile else None
 
     proto, exporter_used = export_graph(model, opset=opset, exporter=exporter, n_users=n_users)
-    names = input_names(model)
-    check_graph_io(proto, names, int(model.interest_num), int(model.embedding_size))
+    check_exported_graph(proto, int(model.interest_num), int(model.embedding_size))
     random_ops = find_random_ops(proto)
     if random_ops:
         raise ExportError(f"the exported graph has random ops {random_ops}; export a model in eval mode")
     metadata = build_metadata(model, dataset.dataset_name, exporter_used, checkpoint)
-    metadata[A.META_OPSET] = str(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), ""))
+    metadata[artifacts.META_OPSET] = str(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), ""))
     set_metadata(proto, metadata)
-    onnx_path = out_dir / A.ONNX_FILE
+    onnx_path = out_dir / artifacts.ONNX_FILE
     save_onnx(proto, onnx_path)
 
     with torch.no_grad():
         item_vectors = model.all_item_vectors().detach().cpu().numpy().astype(np.float32)
-    np.save(out_dir / A.ITEM_EMBEDDINGS_FILE, item_vectors)
+    np.save(out_dir / artifacts.ITEM_EMBEDDINGS_FILE, item_vectors)
     tokens = item_tokens(dataset)
     if len(tokens) != item_vectors.shape[0]:
         raise ExportError(f"{len(tokens)} item tokens for {item_vectors.shape[0]} item vectors")
-    (out_dir / A.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
-    files = [onnx_path, out_dir / A.ITEM_EMBEDDINGS_FILE, out_dir / A.ITEM_TOKENS_FILE]
+    (out_dir / artifacts.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
+    files = [onnx_path, out_dir / artifacts.ITEM_EMBEDDINGS_FILE, out_dir / artifacts.ITEM_TOKENS_FILE]
     if n_users is not None:
         users = [str(token) for token in dataset.field2id_token[dataset.uid_field]]
-        (out_dir / A.USER_TOKENS_FILE).write_text(json.dumps(users))
-        files.append(out_dir / A.USER_TOKENS_FILE)
+        (out_dir / artifacts.USER_TOKENS_FILE).write_text(json.dumps(users))
+        files.append(out_dir / artifacts.USER_TOKENS_FILE)
 
     result = ExportResult(out_dir, onnx_path, metadata, files=files)
     if check:
         result.parity = check_parity(onnx_path, model, atol=atol, n_users=n_users, raise_on_failure=False)
     report = {"metadata": metadata, "parity": result.parity.to_dict() if result.parity else None}
-    (out_dir / A.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    result.files.append(out_dir / A.REPORT_FILE)
+    (out_dir / artifacts.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    result.files.append(out_dir / artifacts.REPORT_FILE)
     if result.parity is not None and not result.parity.passed:
         raise parity_error(result.parity)
     return result

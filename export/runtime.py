@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export import artifacts as A
+from export import artifacts
 from export.artifacts import (
     MAX_LISTED,
     ArtifactError,
@@ -71,7 +71,7 @@ FINITE_CHECK_ROWS = 1 << 16  # rows of item_embeddings.npy scanned per step for 
 
 __all__ = [
     "ArtifactError", "EmptyHistoryError", "InputError", "ItemIdError", "ProviderFallbackWarning",
-    "UnknownItemError", "UserTower", "check_graph_io", "load_tokens", "read_item_vectors", "read_metadata",
+    "UnknownItemError", "UserTower", "check_session_graph", "load_tokens", "read_item_vectors", "read_metadata",
     "select_providers",
 ]
 
@@ -117,45 +117,46 @@ def open_session(onnx_path, options, providers):
         ) from error
 
 
-EXPECTED_INPUTS = {A.INPUT_ITEM_SEQ: ("tensor(int64)", 2), A.INPUT_ITEM_SEQ_LEN: ("tensor(int64)", 1)}
-OPTIONAL_INPUTS = {A.INPUT_USER_ID: ("tensor(int64)", 1)}
-EXPECTED_OUTPUTS = {A.OUTPUT_INTERESTS: ("tensor(float)", 3), A.OUTPUT_MASK: ("tensor(bool)", 2)}
-EXPECTED_SIGNATURE = (
-    "inputs item_seq int64 [batch, seq_len], item_seq_len int64 [batch] (and user_id int64 [batch] "
-    "for profile models); outputs interests float32 [batch, K, D], interest_mask bool [batch, K]"
-)
+# onnxruntime's names of the contract's element types (export.artifacts.GRAPH_INPUTS / GRAPH_OUTPUTS)
+ORT_ELEMENT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "bool": "tensor(bool)"}
 
 
 def _describe(args):
     return ", ".join(f"{a.name} {a.type} {a.shape}" for a in args) or "none"
 
 
-def check_graph_io(session, path=A.ONNX_FILE):
-    """:class:`ArtifactError` unless the graph has a user tower's inputs and outputs (names, types, ranks)."""
+def check_session_graph(session, path=artifacts.ONNX_FILE):
+    """:class:`ArtifactError` unless the graph has a user tower's inputs and outputs (names, element
+    types, ranks: :data:`export.artifacts.GRAPH_SIGNATURE`)."""
     inputs = {a.name: a for a in session.get_inputs()}
     outputs = {a.name: a for a in session.get_outputs()}
-    allowed_inputs = {**EXPECTED_INPUTS, **OPTIONAL_INPUTS}
-    problems = [f"input {name!r} is missing" for name in EXPECTED_INPUTS if name not in inputs]
+    allowed_inputs = artifacts.graph_inputs(uses_user_profile=True)
+    problems = [f"input {name!r} is missing" for name in artifacts.GRAPH_INPUTS if name not in inputs]
     problems += [f"unexpected input {name!r}" for name in inputs if name not in allowed_inputs]
-    problems += [f"output {name!r} is missing" for name in EXPECTED_OUTPUTS if name not in outputs]
-    for found, expected in ((inputs, allowed_inputs), (outputs, EXPECTED_OUTPUTS)):
+    problems += [f"output {name!r} is missing" for name in artifacts.GRAPH_OUTPUTS if name not in outputs]
+    for found, expected in ((inputs, allowed_inputs), (outputs, artifacts.GRAPH_OUTPUTS)):
         for name, arg in found.items():
-            if name in expected and (arg.type, len(arg.shape)) != expected[name]:
-                dtype, rank = expected[name]
-                problems.append(f"{name!r} is {arg.type} of rank {len(arg.shape)}, expected {dtype} of rank {rank}")
+            if name not in expected:
+                continue
+            element_type, dims = expected[name]
+            if (arg.type, len(arg.shape)) != (ORT_ELEMENT_TYPES[element_type], len(dims)):
+                problems.append(
+                    f"{name!r} is {arg.type} of rank {len(arg.shape)}, expected {ORT_ELEMENT_TYPES[element_type]} "
+                    f"of rank {len(dims)}"
+                )
     if problems:
         raise ArtifactError(
             path,
             f"not a MIND / YouTubeDNN user tower exported by mind-recbole ({'; '.join(problems)}). "
             f"Graph inputs: {_describe(session.get_inputs())}; outputs: {_describe(session.get_outputs())}. "
-            f"Expected {EXPECTED_SIGNATURE}",
+            f"Expected {artifacts.GRAPH_SIGNATURE}",
         )
 
 
-def read_metadata(session, path=A.ONNX_FILE):
+def read_metadata(session, path=artifacts.ONNX_FILE):
     """``custom_metadata_map`` of the session; ``ArtifactError`` naming a missing required key."""
     metadata = dict(session.get_modelmeta().custom_metadata_map)
-    for key in A.REQUIRED_METADATA:
+    for key in artifacts.REQUIRED_METADATA:
         if key not in metadata or metadata[key] == "":
             raise ArtifactError(
                 path,
@@ -166,7 +167,7 @@ def read_metadata(session, path=A.ONNX_FILE):
     return metadata
 
 
-def metadata_int(metadata, key, path=A.ONNX_FILE, minimum=1):
+def metadata_int(metadata, key, path=artifacts.ONNX_FILE, minimum=1):
     """``int(metadata[key])``; :class:`ArtifactError` naming the key unless it is an integer >= ``minimum``."""
     value = metadata[key]
     try:
@@ -216,7 +217,7 @@ def non_finite_rows(array, chunk_rows=FINITE_CHECK_ROWS):
     return bad
 
 
-def read_item_vectors(path, n_items, dim, mmap=False, check_finite=True, tokens=None, tokens_file=A.ITEM_TOKENS_FILE):
+def read_item_vectors(path, n_items, dim, mmap=False, check_finite=True, tokens=None, tokens_file=artifacts.ITEM_TOKENS_FILE):
     """``item_embeddings.npy`` as a read-only ``[n_items, dim]`` float array, checked.
 
     :class:`ArtifactError` naming the file if it cannot be read, is not a 2-D float array of that
@@ -241,8 +242,8 @@ def read_item_vectors(path, n_items, dim, mmap=False, check_finite=True, tokens=
     if vectors.shape[1] != dim:
         raise ArtifactError(
             path,
-            f"has {vectors.shape[1]} columns but {A.ONNX_FILE} has embedding_size {dim}: the files come from different models",
-            field=A.META_EMBEDDING_SIZE,
+            f"has {vectors.shape[1]} columns but {artifacts.ONNX_FILE} has embedding_size {dim}: the files come from different models",
+            field=artifacts.META_EMBEDDING_SIZE,
         )
     if check_finite:
         bad = non_finite_rows(vectors)
@@ -276,7 +277,7 @@ class UserTower:
     def __init__(self, model_dir, provider="auto", strict=False, intra_op_num_threads=0, load_item_vectors=True,
                  mmap=False, check_finite=True):
         self.model_dir = Path(model_dir)
-        onnx_path = self.model_dir / A.ONNX_FILE
+        onnx_path = self.model_dir / artifacts.ONNX_FILE
         if not onnx_path.is_file():
             raise FileNotFoundError(f"{onnx_path} not found; write it with `mind-recbole export --out {self.model_dir}`")
         self.onnx_path = onnx_path
@@ -293,29 +294,29 @@ class UserTower:
                 raise RuntimeError(message)
             warnings.warn(message + "; running on CPU", ProviderFallbackWarning, stacklevel=2)
 
-        check_graph_io(self.session, onnx_path)
+        check_session_graph(self.session, onnx_path)
         self.metadata = read_metadata(self.session, onnx_path)
-        self.interest_num = metadata_int(self.metadata, A.META_INTEREST_NUM, onnx_path)
-        self.embedding_size = metadata_int(self.metadata, A.META_EMBEDDING_SIZE, onnx_path)
-        self.max_seq_length = metadata_int(self.metadata, A.META_MAX_SEQ_LENGTH, onnx_path)
+        self.interest_num = metadata_int(self.metadata, artifacts.META_INTEREST_NUM, onnx_path)
+        self.embedding_size = metadata_int(self.metadata, artifacts.META_EMBEDDING_SIZE, onnx_path)
+        self.max_seq_length = metadata_int(self.metadata, artifacts.META_MAX_SEQ_LENGTH, onnx_path)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.uses_user_id = A.INPUT_USER_ID in self.input_names
+        self.uses_user_id = artifacts.INPUT_USER_ID in self.input_names
         self._check_metadata_against_graph()
 
-        tokens_path = self._find(A.ITEM_TOKENS_FILE, "item_tokens.txt")
+        tokens_path = self._find(artifacts.ITEM_TOKENS_FILE, "item_tokens.txt")
         self.item_tokens = load_tokens(tokens_path)
         self._check_item_count(tokens_path)
         self.item_index = {token: i for i, token in enumerate(self.item_tokens) if i > 0}
         self.user_index = None
         self.n_users = None
         if self.uses_user_id:
-            users = load_tokens(self._find(A.USER_TOKENS_FILE, "user_tokens.txt"))
+            users = load_tokens(self._find(artifacts.USER_TOKENS_FILE, "user_tokens.txt"))
             self.user_index = {token: i for i, token in enumerate(users) if i > 0}
             self.n_users = len(users)
         self.item_vectors = None
         if load_item_vectors:
             self.item_vectors = read_item_vectors(
-                self.model_dir / A.ITEM_EMBEDDINGS_FILE, len(self.item_tokens), self.embedding_size, mmap=mmap,
+                self.model_dir / artifacts.ITEM_EMBEDDINGS_FILE, len(self.item_tokens), self.embedding_size, mmap=mmap,
                 check_finite=check_finite, tokens=self.item_tokens, tokens_file=tokens_path.name,
             )
 
@@ -323,8 +324,8 @@ class UserTower:
         """The graph's static output dims and inputs must agree with the metadata (else: another model's file)."""
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         expected = {
-            A.OUTPUT_INTERESTS: {1: (A.META_INTEREST_NUM, self.interest_num), 2: (A.META_EMBEDDING_SIZE, self.embedding_size)},
-            A.OUTPUT_MASK: {1: (A.META_INTEREST_NUM, self.interest_num)},
+            artifacts.OUTPUT_INTERESTS: {1: (artifacts.META_INTEREST_NUM, self.interest_num), 2: (artifacts.META_EMBEDDING_SIZE, self.embedding_size)},
+            artifacts.OUTPUT_MASK: {1: (artifacts.META_INTEREST_NUM, self.interest_num)},
         }
         for output, dims in expected.items():
             for axis, (key, value) in dims.items():
@@ -336,34 +337,34 @@ class UserTower:
                         "metadata and graph come from different models; re-export",
                         field=key,
                     )
-        graph_max = self.metadata.get(A.META_MAX_GRAPH_SEQ_LENGTH, "")
-        graph_max_int = None if graph_max == "" else metadata_int(self.metadata, A.META_MAX_GRAPH_SEQ_LENGTH, self.onnx_path)
+        graph_max = self.metadata.get(artifacts.META_MAX_GRAPH_SEQ_LENGTH, "")
+        graph_max_int = None if graph_max == "" else metadata_int(self.metadata, artifacts.META_MAX_GRAPH_SEQ_LENGTH, self.onnx_path)
         if graph_max_int is not None and graph_max_int < self.max_seq_length:
             raise ArtifactError(
                 self.onnx_path,
                 f"metadata max_graph_seq_length {graph_max} < max_seq_length {self.max_seq_length}: the graph cannot "
                 "take the histories the runtime keeps",
-                field=A.META_MAX_GRAPH_SEQ_LENGTH,
+                field=artifacts.META_MAX_GRAPH_SEQ_LENGTH,
             )
-        declared = self.metadata.get(A.META_USES_USER_ID)
+        declared = self.metadata.get(artifacts.META_USES_USER_ID)
         if declared in ("true", "false") and (declared == "true") != self.uses_user_id:
             raise ArtifactError(
                 self.onnx_path,
                 f"metadata uses_user_id is {declared!r} but the graph inputs are {self.input_names}",
-                field=A.META_USES_USER_ID,
+                field=artifacts.META_USES_USER_ID,
             )
 
     def _check_item_count(self, tokens_path):
         """``item_tokens.json`` must have the metadata's ``n_items`` tokens (when the metadata has it)."""
-        if self.metadata.get(A.META_N_ITEMS, "") == "":
+        if self.metadata.get(artifacts.META_N_ITEMS, "") == "":
             return
-        n_items = metadata_int(self.metadata, A.META_N_ITEMS, self.onnx_path)
+        n_items = metadata_int(self.metadata, artifacts.META_N_ITEMS, self.onnx_path)
         if n_items != len(self.item_tokens):
             raise ArtifactError(
                 tokens_path,
                 f"has {len(self.item_tokens)} tokens but {self.onnx_path.name} metadata n_items is {n_items}: "
                 "the files come from different exports",
-                field=A.META_N_ITEMS,
+                field=artifacts.META_N_ITEMS,
             )
 
     def _find(self, *names):
@@ -478,7 +479,7 @@ class UserTower:
     def check_batch(self, item_seq, item_seq_len, user_id=None):
         """Validate one padded batch for :meth:`run`; returns contiguous int64 arrays ``(item_seq, item_seq_len, user_id)``."""
         raw_seq, raw_len = np.asarray(item_seq), np.asarray(item_seq_len)
-        for name, array in ((A.INPUT_ITEM_SEQ, raw_seq), (A.INPUT_ITEM_SEQ_LEN, raw_len)):
+        for name, array in ((artifacts.INPUT_ITEM_SEQ, raw_seq), (artifacts.INPUT_ITEM_SEQ_LEN, raw_len)):
             if array.size and not np.issubdtype(array.dtype, np.integer):
                 raise InputError(f"{name} must hold integer ids, got dtype {array.dtype}")
         item_seq = np.ascontiguousarray(raw_seq, dtype=np.int64)
@@ -545,17 +546,17 @@ class UserTower:
 
     def _infer(self, item_seq, item_seq_len, user_id):
         """The session call on a batch already in :meth:`check_batch`'s form; NaN outputs are an error."""
-        feed = {A.INPUT_ITEM_SEQ: item_seq, A.INPUT_ITEM_SEQ_LEN: item_seq_len}
+        feed = {artifacts.INPUT_ITEM_SEQ: item_seq, artifacts.INPUT_ITEM_SEQ_LEN: item_seq_len}
         if self.uses_user_id:
-            feed[A.INPUT_USER_ID] = user_id
-        interests, mask = self.session.run([A.OUTPUT_INTERESTS, A.OUTPUT_MASK], feed)
+            feed[artifacts.INPUT_USER_ID] = user_id
+        interests, mask = self.session.run([artifacts.OUTPUT_INTERESTS, artifacts.OUTPUT_MASK], feed)
         broken = np.nonzero(~np.isfinite(interests).reshape(len(interests), -1).all(axis=1))[0]
         if broken.size:
             raise ArtifactError(
                 self.onnx_path,
                 f"the graph returned NaN / inf interests for batch row(s) {listed(broken.tolist())}; the graph is "
                 "broken (re-export with `mind-recbole export`, which checks parity)",
-                field=A.OUTPUT_INTERESTS,
+                field=artifacts.OUTPUT_INTERESTS,
             )
         return interests, mask
 

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import artifacts as A
+from export import artifacts
 from export.onnx_export import ParityError, check_parity, find_random_ops
 from tests.conftest import load_checkpoint, train_tiny_checkpoint
 
@@ -18,7 +18,7 @@ from tests.conftest import load_checkpoint, train_tiny_checkpoint
 def session(model_dir):
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(model_dir / A.ONNX_FILE), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model_dir / artifacts.ONNX_FILE), options, providers=["CPUExecutionProvider"])
 
 
 def random_batch(rng, n_items, batch, seq_len, lengths=None):
@@ -36,24 +36,24 @@ def torch_outputs(model, seq, lengths):
 
 def test_export_writes_the_documented_files_and_passes_parity(mind_export):
     model_dir, model, _, result = mind_export
-    for name in (A.ONNX_FILE, A.ITEM_EMBEDDINGS_FILE, A.ITEM_TOKENS_FILE, A.REPORT_FILE):
+    for name in (artifacts.ONNX_FILE, artifacts.ITEM_EMBEDDINGS_FILE, artifacts.ITEM_TOKENS_FILE, artifacts.REPORT_FILE):
         assert (model_dir / name).is_file(), name
     assert not list(model_dir.glob("*.data")), "weights must be inside user_tower.onnx"
-    assert result.metadata[A.META_EXPORTER] == "dynamo"
+    assert result.metadata[artifacts.META_EXPORTER] == "dynamo"
     parity = result.parity
-    assert parity.passed and parity.max_abs_diff[A.OUTPUT_INTERESTS] <= 1e-5
-    assert parity.max_abs_diff[A.OUTPUT_MASK] == 0.0
+    assert parity.passed and parity.max_abs_diff[artifacts.OUTPUT_INTERESTS] <= 1e-5
+    assert parity.max_abs_diff[artifacts.OUTPUT_MASK] == 0.0
     shapes = {(c.batch, c.seq_len) for c in parity.cases}
     assert {(1, 1), (3, 2), (17, 7), (17, model.max_seq_length)} <= shapes
     assert (2, model.max_seq_length) not in shapes  # never the export example
-    report = json.loads((model_dir / A.REPORT_FILE).read_text())
+    report = json.loads((model_dir / artifacts.REPORT_FILE).read_text())
     assert report["parity"]["passed"] is True
     assert "interests max abs diff" in str(parity)
 
 
 def test_graph_io_is_named_typed_and_dynamic(mind_export):
     model_dir, model, _, _ = mind_export
-    proto = onnx.load(str(model_dir / A.ONNX_FILE))
+    proto = onnx.load(str(model_dir / artifacts.ONNX_FILE))
 
     def signature(values):
         return {
@@ -102,7 +102,7 @@ def test_mask_is_the_active_interest_count_and_padding_changes_nothing(mind_expo
 
 def test_inference_is_deterministic_and_the_graph_has_no_random_op(mind_export):
     model_dir, model, _, _ = mind_export
-    proto = onnx.load(str(model_dir / A.ONNX_FILE))
+    proto = onnx.load(str(model_dir / artifacts.ONNX_FILE))
     assert find_random_ops(proto) == []
     assert not [n.op_type for n in proto.graph.node if n.op_type.startswith(("Random", "Multinomial", "Bernoulli"))]
     seq, lengths = random_batch(np.random.default_rng(3), model.n_items, 9, model.max_seq_length)
@@ -128,12 +128,12 @@ def test_metadata_is_readable_through_onnxruntime(mind_export):
 
 def test_item_side_is_the_item_tower_and_the_token_map(mind_export):
     model_dir, model, dataset, _ = mind_export
-    vectors = np.load(model_dir / A.ITEM_EMBEDDINGS_FILE)
+    vectors = np.load(model_dir / artifacts.ITEM_EMBEDDINGS_FILE)
     with torch.no_grad():
         expected = model.all_item_vectors().numpy()
     assert vectors.dtype == np.float32 and np.array_equal(vectors, expected)
     assert not vectors[0].any()  # padding
-    tokens = json.loads((model_dir / A.ITEM_TOKENS_FILE).read_text())
+    tokens = json.loads((model_dir / artifacts.ITEM_TOKENS_FILE).read_text())
     assert tokens[0] == "[PAD]" and len(tokens) == model.n_items
     assert tokens == [str(t) for t in dataset.field2id_token[dataset.iid_field]]
 
@@ -144,16 +144,16 @@ def test_parity_error_names_the_output_and_the_difference(mind_export):
     with torch.no_grad():
         perturbed.tower.layers[-1].bias += 1e-3
     with pytest.raises(ParityError) as error:
-        check_parity(model_dir / A.ONNX_FILE, perturbed, atol=1e-5)
+        check_parity(model_dir / artifacts.ONNX_FILE, perturbed, atol=1e-5)
     assert error.value.output_name == "interests" and error.value.max_abs_diff == pytest.approx(1e-3, rel=1e-2)
     assert "'interests'" in str(error.value) and "1e-05" in str(error.value)
-    assert check_parity(model_dir / A.ONNX_FILE, perturbed, atol=1e-2).passed  # within a loose tolerance
+    assert check_parity(model_dir / artifacts.ONNX_FILE, perturbed, atol=1e-2).passed  # within a loose tolerance
 
     flipped = copy.deepcopy(model)
     forward = flipped.forward
     flipped.forward = lambda *args: (lambda out: (out[0], ~out[1]))(forward(*args))
     with pytest.raises(ParityError, match="interest_mask") as error:
-        check_parity(model_dir / A.ONNX_FILE, flipped, atol=1.0)
+        check_parity(model_dir / artifacts.ONNX_FILE, flipped, atol=1.0)
     assert error.value.atol == 0.0
 
 
@@ -161,7 +161,7 @@ def test_default_onnxscript_optimizer_would_break_parity(mind_export, tmp_path):
     """Why export uses optimize=False: the optimizer's ``x + 0`` rule eats the squash's 1e-9."""
     optimizer = pytest.importorskip("onnxscript.optimizer")
     model_dir, model, _, _ = mind_export
-    proto = optimizer.optimize(onnx.load(str(model_dir / A.ONNX_FILE)))
+    proto = optimizer.optimize(onnx.load(str(model_dir / artifacts.ONNX_FILE)))
     onnx.save_model(proto, str(tmp_path / "optimized.onnx"))
     report = check_parity(tmp_path / "optimized.onnx", model, raise_on_failure=False)
     if report.passed:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export import artifacts as A
+from export import artifacts
 from export.artifacts import ArtifactError
 from export.retrieval import ann_recall, ann_topk, build_index, max_over_interests_topk, recall_at_n
 from export.runtime import CPU, CUDA, ProviderFallbackWarning, UserTower, select_providers
@@ -199,15 +199,15 @@ def test_empty_history_and_bad_arguments_are_clear_errors(tower):
 
 def test_missing_metadata_key_is_named(mind_export, tmp_path):
     model_dir = mind_export[0]
-    for name in (A.ITEM_EMBEDDINGS_FILE, A.ITEM_TOKENS_FILE):
+    for name in (artifacts.ITEM_EMBEDDINGS_FILE, artifacts.ITEM_TOKENS_FILE):
         shutil.copy(model_dir / name, tmp_path / name)
-    proto = onnx.load(str(model_dir / A.ONNX_FILE))
+    proto = onnx.load(str(model_dir / artifacts.ONNX_FILE))
     kept = {p.key: p.value for p in proto.metadata_props if p.key != "max_seq_length"}
     onnx.helper.set_model_props(proto, kept)
-    onnx.save_model(proto, str(tmp_path / A.ONNX_FILE))
+    onnx.save_model(proto, str(tmp_path / artifacts.ONNX_FILE))
     with pytest.raises(ArtifactError, match="metadata key 'max_seq_length' is missing") as error:
         UserTower(tmp_path)
-    assert error.value.field == "max_seq_length" and error.value.path == str(tmp_path / A.ONNX_FILE)
+    assert error.value.field == "max_seq_length" and error.value.path == str(tmp_path / artifacts.ONNX_FILE)
     with pytest.raises(FileNotFoundError, match="user_tower.onnx"):
         UserTower(tmp_path / "nowhere")
 
@@ -286,7 +286,7 @@ sys.exit(status)
 
 def test_retrieve_runs_where_torch_cannot_be_imported(mind_export, tmp_path):
     model_dir = mind_export[0]
-    history = json.loads((model_dir / A.ITEM_TOKENS_FILE).read_text())[30:36]
+    history = json.loads((model_dir / artifacts.ITEM_TOKENS_FILE).read_text())[30:36]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
 
     def run(*extra):

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from export import artifacts as A
+from export import artifacts
 from export.artifacts import ArtifactError, EmptyHistoryError, InputError, ItemIdError, UnknownItemError
 from export.retrieval import ann_topk, build_index, max_over_interests_topk, retrieve
 from export.runtime import UserTower
@@ -36,7 +36,7 @@ def copy_export(model_dir, tmp_path):
 
 def rewrite_metadata(model_dir, drop=(), **values):
     """Rewrite ``user_tower.onnx``'s metadata: ``values`` set, keys in ``drop`` removed."""
-    path = model_dir / A.ONNX_FILE
+    path = model_dir / artifacts.ONNX_FILE
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props if p.key not in drop}
     props.update({key: str(value) for key, value in values.items()})
@@ -76,7 +76,7 @@ def brute_force_topk(interests, mask, items, topk, exclude):
 @pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
 def test_corrupt_onnx_file_is_named(mind_export, tmp_path, damage):
     model_dir = copy_export(mind_export[0], tmp_path)
-    path = model_dir / A.ONNX_FILE
+    path = model_dir / artifacts.ONNX_FILE
     data = path.read_bytes()
     path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"not a model\n" * 50}[damage])
     with pytest.raises(ArtifactError) as error:
@@ -89,7 +89,7 @@ def test_onnx_that_is_not_a_user_tower_is_named(mind_export, tmp_path):
     model_dir = copy_export(mind_export[0], tmp_path)
     metadata = {"interest_num": "4", "embedding_size": "16", "max_seq_length": "20"}
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
-    foreign_graph(model_dir / A.ONNX_FILE, [("x", float32, ["n", 3])], [("y", float32, ["n", 3])], metadata)
+    foreign_graph(model_dir / artifacts.ONNX_FILE, [("x", float32, ["n", 3])], [("y", float32, ["n", 3])], metadata)
     with pytest.raises(ArtifactError, match="not a MIND / YouTubeDNN user tower") as error:
         UserTower(model_dir, provider="cpu")
     message = str(error.value)
@@ -98,7 +98,7 @@ def test_onnx_that_is_not_a_user_tower_is_named(mind_export, tmp_path):
 
     # the right names, the wrong types: item_seq as float, interests as int64
     foreign_graph(
-        model_dir / A.ONNX_FILE,
+        model_dir / artifacts.ONNX_FILE,
         [("item_seq", float32, ["batch", "seq_len"]), ("item_seq_len", int64, ["batch"])],
         [("interests", float32, ["batch", 4, 16]), ("interest_mask", float32, ["batch", 4])],
         metadata,
@@ -126,26 +126,26 @@ def test_metadata_disagreeing_with_the_graph_is_named(mind_export, tmp_path):
 
 def test_item_files_from_another_export_are_named(mind_export, tmp_path):
     model_dir = copy_export(mind_export[0], tmp_path)
-    tokens = json.loads((model_dir / A.ITEM_TOKENS_FILE).read_text())
-    vectors = np.load(model_dir / A.ITEM_EMBEDDINGS_FILE)
+    tokens = json.loads((model_dir / artifacts.ITEM_TOKENS_FILE).read_text())
+    vectors = np.load(model_dir / artifacts.ITEM_EMBEDDINGS_FILE)
     n_items = len(tokens)
 
-    (model_dir / A.ITEM_TOKENS_FILE).write_text(json.dumps(tokens + ["B0EXTRA"]))
+    (model_dir / artifacts.ITEM_TOKENS_FILE).write_text(json.dumps(tokens + ["B0EXTRA"]))
     with pytest.raises(ArtifactError, match=f"has {n_items + 1} tokens but user_tower.onnx metadata n_items is {n_items}") as error:
         UserTower(model_dir, provider="cpu")
-    assert error.value.path.endswith(A.ITEM_TOKENS_FILE) and error.value.field == "n_items"
+    assert error.value.path.endswith(artifacts.ITEM_TOKENS_FILE) and error.value.field == "n_items"
 
-    (model_dir / A.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
-    np.save(model_dir / A.ITEM_EMBEDDINGS_FILE, np.concatenate([vectors, vectors[:3]]))
+    (model_dir / artifacts.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
+    np.save(model_dir / artifacts.ITEM_EMBEDDINGS_FILE, np.concatenate([vectors, vectors[:3]]))
     with pytest.raises(ArtifactError, match=f"has {n_items + 3} rows but item_tokens.json has {n_items} tokens"):
         UserTower(model_dir, provider="cpu")
 
-    np.save(model_dir / A.ITEM_EMBEDDINGS_FILE, vectors[:, :8])  # D=8 vectors, a D=16 tower
+    np.save(model_dir / artifacts.ITEM_EMBEDDINGS_FILE, vectors[:, :8])  # D=8 vectors, a D=16 tower
     with pytest.raises(ArtifactError, match="has 8 columns but user_tower.onnx has embedding_size 16"):
         UserTower(model_dir, provider="cpu")
 
     rewrite_metadata(model_dir, drop=("n_items",))  # an older export: the .npy still has to match the tokens
-    np.save(model_dir / A.ITEM_EMBEDDINGS_FILE, vectors[:-1])
+    np.save(model_dir / artifacts.ITEM_EMBEDDINGS_FILE, vectors[:-1])
     with pytest.raises(ArtifactError, match=f"has {n_items - 1} rows but item_tokens.json has {n_items} tokens"):
         UserTower(model_dir, provider="cpu")
 
@@ -153,7 +153,7 @@ def test_item_files_from_another_export_are_named(mind_export, tmp_path):
 @pytest.mark.parametrize("mmap", [False, True])
 def test_truncated_or_wrongly_typed_item_embeddings_are_named(mind_export, tmp_path, mmap):
     model_dir = copy_export(mind_export[0], tmp_path)
-    path = model_dir / A.ITEM_EMBEDDINGS_FILE
+    path = model_dir / artifacts.ITEM_EMBEDDINGS_FILE
     vectors = np.load(path)
     data = path.read_bytes()
     for damaged in (data[: len(data) // 2], data[:40], b""):
@@ -172,14 +172,14 @@ def test_truncated_or_wrongly_typed_item_embeddings_are_named(mind_export, tmp_p
 @pytest.mark.parametrize("mmap", [False, True])
 def test_nan_or_inf_item_embeddings_name_the_rows_at_load(mind_export, tmp_path, mmap):
     model_dir = copy_export(mind_export[0], tmp_path)
-    tokens = json.loads((model_dir / A.ITEM_TOKENS_FILE).read_text())
-    vectors = np.load(model_dir / A.ITEM_EMBEDDINGS_FILE)
+    tokens = json.loads((model_dir / artifacts.ITEM_TOKENS_FILE).read_text())
+    vectors = np.load(model_dir / artifacts.ITEM_EMBEDDINGS_FILE)
     vectors[5, 3], vectors[len(tokens) - 1, 0] = np.nan, -np.inf
-    np.save(model_dir / A.ITEM_EMBEDDINGS_FILE, vectors)
+    np.save(model_dir / artifacts.ITEM_EMBEDDINGS_FILE, vectors)
     with pytest.raises(ArtifactError) as error:
         UserTower(model_dir, provider="cpu", mmap=mmap)
     message = str(error.value)
-    assert message.startswith(str(model_dir / A.ITEM_EMBEDDINGS_FILE)) and "2 row(s) hold NaN or inf" in message
+    assert message.startswith(str(model_dir / artifacts.ITEM_EMBEDDINGS_FILE)) and "2 row(s) hold NaN or inf" in message
     assert f"row 5 ({tokens[5]!r}), {len(tokens) - 1} ({tokens[-1]!r})" in message and error.value.field == 5
     unchecked = UserTower(model_dir, provider="cpu", mmap=mmap, check_finite=False)  # opt-out, e.g. huge mmaps
     assert np.isnan(unchecked.item_vectors[5, 3])
@@ -187,7 +187,7 @@ def test_nan_or_inf_item_embeddings_name_the_rows_at_load(mind_export, tmp_path,
 
 def test_broken_token_maps_are_named(mind_export, tmp_path):
     model_dir = copy_export(mind_export[0], tmp_path)
-    path = model_dir / A.ITEM_TOKENS_FILE
+    path = model_dir / artifacts.ITEM_TOKENS_FILE
     text = path.read_text()
     path.write_text(text[: len(text) // 2])
     with pytest.raises(ArtifactError, match=r"item_tokens.json: not valid JSON \(.* at line 1 column \d+\)"):
@@ -205,7 +205,7 @@ def test_cli_reports_a_broken_export_as_an_error(mind_export, tmp_path, capsys):
     from mind_recbole.cli import main
 
     model_dir = copy_export(mind_export[0], tmp_path)
-    (model_dir / A.ONNX_FILE).write_bytes(b"")
+    (model_dir / artifacts.ONNX_FILE).write_bytes(b"")
     assert main(["retrieve", "--model-dir", str(model_dir), "--history", "B00X"]) == 2
     assert "user_tower.onnx: the file is empty" in capsys.readouterr().err
 

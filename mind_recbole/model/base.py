@@ -211,6 +211,22 @@ class InterestRecommender(SequentialRecommender):
         return F.cross_entropy(logits, torch.zeros_like(targets))
 
     # ------------------------------------------------------------------ scoring
+    # ------------------------------------------------------------------ what export needs
+    @property
+    def uses_user_profile(self):
+        """True when the user tower takes user ids (profile embeddings are concatenated)."""
+        return self.user_profile.output_size > 0
+
+    @property
+    def profile_user_count(self):
+        """How many user ids the profile tables hold (padding included); 0 without profile fields."""
+        return self.user_profile.user_count
+
+    @property
+    def max_history_length(self):
+        """The longest history the user tower takes in eval mode (None: any length)."""
+        return None
+
     def predict(self, interaction):
         interests, interest_mask = self.user_interests(interaction)  # [B K D]
         item_vectors = self.item_tower(interaction[self.ITEM_ID])  # [B D]

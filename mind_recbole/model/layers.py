@@ -129,6 +129,7 @@ class UserProfileEmbedding(nn.Module):
         super().__init__()
         self.features = FeatureEmbedding(profile_tables, profile_vocab_sizes, embedding_size)
         self.output_size = len(profile_tables) * embedding_size
+        self.user_count = next((len(table) for table in profile_tables.values()), 0)  # user ids it knows
 
     def forward(self, user_ids):
         vectors = [vectors for vectors, _ in self.features(user_ids).values()]

@@ -87,6 +87,11 @@ class MIND(InterestRecommender):
             if not isinstance(config[key], bool):
                 error(key, f"{key} must be True or False, got {config[key]!r}")
 
+    @property
+    def max_history_length(self):
+        """The length of the fixed routing-logit draw used in eval mode."""
+        return int(self.routing.eval_routing_logits.shape[-1])
+
     def extract_interests(self, history, seq_mask, item_seq_len):
         interest_mask = interest_count_mask(item_seq_len, self.interest_num)  # [B K]
         capsules = self.routing(history, seq_mask, interest_mask)  # [B K D]
