@@ -9,7 +9,7 @@ are cumulative:
                 (one per core), OpenMP's default spinning wait (GOMP_SPINCOUNT=300000, what libgomp
                 does when OMP_WAIT_POLICY is unset), glibc's default malloc thresholds
   anomaly-off   + anomaly detection off (mind_recbole.compat)
-  malloc        + raised mmap / trim thresholds (mind_recbole.performance)
+  malloc        + raised mmap / trim thresholds (mind_recbole.runtime_settings)
   passive       + OMP_WAIT_POLICY=PASSIVE (mind_recbole.threads) = what run_recbole does
   one-thread    + torch_threads=1
 

@@ -101,7 +101,8 @@ def build_parser():
     train.add_argument("--dataset", required=True, help="dataset name (atomic files in data_path/NAME/)")
     train.add_argument(
         "--config", action="append", default=[], type=Path,
-        help="YAML config file (repeatable; later files win). Default: configs/NAME.yaml when it exists",
+        help="YAML config file (repeatable; later files win). Default: configs/NAME.yaml (and configs/NAME/MODEL.yaml), "
+        "else the DATA_PATH/NAME/NAME.yaml that prepare wrote",
     )
     train.add_argument("--result-json", type=Path, help="write the validation and test metrics here")
     train.add_argument(
@@ -124,7 +125,7 @@ def build_parser():
     train.set_defaults(handler=train_model)
 
     quickstart = commands.add_parser("quickstart", help="MIND beside Pop on MovieLens-100k (offline)")
-    quickstart.add_argument("--epochs", type=positive_int, default=20, help="MIND training epochs (default 20, about 4 minutes on 2 cores)")
+    quickstart.add_argument("--epochs", type=positive_int, default=20, help="MIND training epochs (default 20: 5-9 minutes on 2 cores)")
     quickstart.add_argument("--result-json", type=Path, help="write both models' metrics here")
     quickstart.add_argument(
         "--torch_threads", "--torch-threads", type=positive_int, metavar="N",
@@ -161,7 +162,7 @@ def build_parser():
     compare.add_argument(
         "--report-only", action="store_true", help="train nothing: rewrite the report from the runs already in OUT"
     )
-    compare.set_defaults(handler=compare_models)
+    compare.set_defaults(handler=compare_command)
 
     export = commands.add_parser(
         "export", help="export a MIND / YouTubeDNN checkpoint for serving (ONNX user tower, item embeddings)"
@@ -262,8 +263,8 @@ def train_model(args, overrides):
     return 0
 
 
-def compare_models(args, overrides):
-    from mind_recbole.compare import PROTOCOL_GROUPS, run_comparison
+def compare_command(args, overrides):
+    from mind_recbole.compare import PROTOCOL_GROUPS, compare
 
     config_files = chosen_config_files(args, overrides=overrides)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -274,7 +275,7 @@ def compare_models(args, overrides):
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     recbole_command_line()  # overrides go to every run through config_dict
-    paths = run_comparison(
+    paths = compare(
         args.dataset, models, config_files, args.seeds, args.out, groups,
         overrides=parse_override_values(overrides), rerun=args.rerun, report_only=args.report_only,
         config_dir=Path(config_files[0]).parent if config_files else Path("configs"),

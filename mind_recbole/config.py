@@ -7,9 +7,9 @@ the user's config files, ``config_dict`` and ``--key=value`` command-line argume
 RecBole-GNN's ``Config``.
 
 Three RecBole pitfalls are mended here. ``data_path`` is made absolute, so that a checkpoint (which
-stores the config) reloads from any working directory. A user-supplied ``eval_args`` used to
-replace the whole default dict, so ``{'mode': 'full'}`` alone silently fell back to a random
-8/1/1 split; we merge the user's keys over the defaults instead. And RecBole accepts any key, so a
+stores the config) reloads from any working directory. RecBole replaces the whole default
+``eval_args`` with a user's, so ``{'mode': 'full'}`` alone would silently fall back to a random
+8/1/1 split; the user's keys are merged over the defaults instead. And RecBole accepts any key, so a
 typo (``interest_nm: 8``) silently trained with the default; an unknown key in a config file or
 ``config_dict`` is now an error naming the key, where it came from and the closest known key
 (``strict_config_keys: False`` turns the error into a warning, for a model of your own with keys

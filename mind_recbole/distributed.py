@@ -15,7 +15,7 @@ mean of the ranks' metrics weighted by their evaluation batch counts.
 
 The few RecBole fixes a CPU run needs (the gloo backend instead of a hard-coded nccl, no
 ``device_ids`` for a CPU module) are in :mod:`mind_recbole.compat`. The helpers below do nothing
-in a single-process run; of the package this module imports only :mod:`mind_recbole.performance`.
+in a single-process run; of the package this module imports only :mod:`mind_recbole.runtime_settings`.
 """
 
 
@@ -45,7 +45,7 @@ def is_distributed(config):
 
 def share_cores(config):
     """Unset ``torch_threads`` in a CPU run of several local processes: share the cores among them."""
-    from mind_recbole.performance import default_thread_count
+    from mind_recbole.runtime_settings import default_thread_count
 
     if is_distributed(config) and not config["torch_threads"] and config["device"].type == "cpu":
         config["torch_threads"] = max(1, default_thread_count() // config["nproc"])

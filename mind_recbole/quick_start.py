@@ -4,7 +4,7 @@ Same signatures and return values as ``recbole.quick_start``; the differences ar
 (:func:`mind_recbole.registry.get_model`), the plugin's default properties
 (:class:`~mind_recbole.config.MindConfig`), the compatibility shims (:mod:`mind_recbole.compat`),
 OpenMP's wait policy (:mod:`mind_recbole.threads`) and the runtime settings
-(:mod:`mind_recbole.performance`), all applied explicitly (:mod:`mind_recbole.training`). On top
+(:mod:`mind_recbole.runtime_settings`), all applied explicitly (:mod:`mind_recbole.training`). On top
 of RecBole:
 
 - checkpoints are read by :func:`~mind_recbole.checkpoints.read_checkpoint` and checked against the

@@ -36,7 +36,7 @@ def prepare_training(config, prepare_data=None, resume=None):
     from mind_recbole import distributed
     from mind_recbole.checkpoints import reserve_checkpoint_file
     from mind_recbole.data.atomic_files import check_dataset_files
-    from mind_recbole.performance import apply_runtime_settings
+    from mind_recbole.runtime_settings import apply_runtime_settings
     from mind_recbole.registry import get_model
     from mind_recbole.trainer import build_trainer
 

@@ -5,13 +5,13 @@ import json
 import pytest
 
 from mind_recbole.compare.report import aggregate, model_colors, render_markdown
-from mind_recbole.compare.runner import RunRecord, compare, config_hash, data_fingerprint, model_config_files
+from mind_recbole.compare.runner import RunRecord, collect_runs, config_hash, data_fingerprint, model_config_files
 from tests.conftest import AMAZON_CONFIG
 
 
 def record(model, seed, recall, group="leave_one_out", protocol="full"):
     return RunRecord(
-        model=model, dataset="d", seed=seed, group=group, config_hash="h", config_files=[],
+        model=model, dataset="d", seed=seed, group=group, config_hash="h", config_files=[], data_fingerprint="f",
         results={protocol: {"recall@50": recall, "ndcg@50": recall / 2}},
         valid_scores=[0.1, 0.3, 0.2], epoch_seconds=[2.0, 4.0, 3.0], parameters=1234,
         diagnostics={"interests": 2.0, "interest_cosine": 0.5} if model == "MIND" else {},
@@ -69,15 +69,12 @@ def test_plot_gives_each_model_one_colour_in_every_panel():
     assert colors == {"DIN": "C0", "MIND": "C1", "Pop": "C2"}  # MIND keeps C1 in the panel without DIN too
 
 
-def test_markdown_names_the_data_fingerprint_and_the_runs_without_one():
+def test_markdown_names_the_data_fingerprint():
     fingerprinted = [record("MIND", 1, 0.2), record("Pop", 1, 0.1)]
     for run in fingerprinted:
         run.data_fingerprint = "0123abcd0123abcd"
-    older = record("SASRec", 1, 0.15)
-    text = render_markdown("d", [*fingerprinted, older], aggregate([*fingerprinted, older]), [], [], "c", 60, None)
+    text = render_markdown("d", fingerprinted, aggregate(fingerprinted), [], [], "c", 60, None)
     assert "Atomic files: SHA-256 `0123abcd0123abcd` (2 runs)." in text
-    assert "**Data not verified** for 1 of 3 runs" in text and ": SASRec (leave_one_out, seed 1)." in text
-    assert "Data not verified" not in render_markdown("d", fingerprinted, aggregate(fingerprinted), [], [], "c", 60, None)
 
 
 INTER = "user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t10\nu1\ti2\t10\nu2\ti1\t20\n"
@@ -102,7 +99,7 @@ def test_data_fingerprint_follows_the_atomic_files_and_nothing_else(tmp_path):
 @pytest.mark.parametrize(
     "stored, message_end",
     [("current", "reused {path}"),
-     (None, "reused {path} (its data fingerprint was not recorded)"),
+     (None, "stale: trained on other data files (fingerprint None, now {now}), left out"),
      ("0000000000000000", "stale: trained on other data files (fingerprint 0000000000000000, now {now}), left out")],
 )
 def test_cached_runs_are_reused_only_on_the_files_they_were_trained_on(tmp_path, stored, message_end):
@@ -118,22 +115,22 @@ def test_cached_runs_are_reused_only_on_the_files_they_were_trained_on(tmp_path,
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(run.to_json()))
     messages = []
-    records = compare("d", ["Pop"], seeds=1, out=tmp_path / "out", groups=["leave_one_out"], overrides=overrides,
-                      config_dir=tmp_path, progress=messages.append, report_only=True)
+    records = collect_runs("d", ["Pop"], seeds=1, out=tmp_path / "out", groups=["leave_one_out"], overrides=overrides,
+                      config_dir=tmp_path, log=messages.append, report_only=True)
     assert messages == [f"[1/1] Pop leave_one_out seed 2020: {message_end.format(path=path, now=now)}"]
     assert len(records) == (0 if "stale" in message_end else 1)
 
 
 @pytest.mark.slow
 def test_compare_end_to_end_on_beauty_mini(beauty_mini_path, tmp_path, monkeypatch):
-    from mind_recbole.compare import run_comparison
+    from mind_recbole.compare import compare
 
     monkeypatch.chdir(tmp_path)  # RecBole writes saved/ and log/ into the working directory
     messages = []
     overrides = {**SMALL, "data_path": str(beauty_mini_path)}
-    paths = run_comparison(
+    paths = compare(
         "amazon-beauty-mini", ["MIND", "DIN", "Pop"], [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
-        overrides=overrides, progress=messages.append,
+        overrides=overrides, log=messages.append,
     )
     payload = json.loads(paths["json"].read_text())
     protocols = payload["protocols"]
@@ -153,8 +150,8 @@ def test_compare_end_to_end_on_beauty_mini(beauty_mini_path, tmp_path, monkeypat
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
     messages.clear()
-    run_comparison("amazon-beauty-mini", ["MIND", "DIN", "Pop"], [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
-                   overrides=overrides, progress=messages.append)
+    compare("amazon-beauty-mini", ["MIND", "DIN", "Pop"], [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
+                   overrides=overrides, log=messages.append)
     assert sum("reused" in m for m in messages) == 5 and not any(": training" in m for m in messages)
     assert not any("not recorded" in m for m in messages)
     assert {r["data_fingerprint"] for r in payload["runs"]} == {data_fingerprint(beauty_mini_path / "amazon-beauty-mini", "amazon-beauty-mini")}

@@ -6,7 +6,7 @@ import pytest
 
 from mind_recbole.compare import progress as run_progress
 from mind_recbole.compare.progress import PartialRun, partial_path, read_partial, write_partial
-from mind_recbole.compare.runner import PROTOCOL_GROUPS, compare
+from mind_recbole.compare.runner import PROTOCOL_GROUPS, collect_runs
 from tests.conftest import AMAZON_CONFIG
 
 OVERRIDES = {
@@ -61,8 +61,8 @@ def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_
     overrides = {**OVERRIDES, "data_path": str(beauty_mini_path)}
 
     def run(out, messages):
-        return compare("amazon-beauty-mini", ["MIND"], [str(AMAZON_CONFIG)], seeds=1, out=tmp_path / out,
-                       groups=[group], overrides=overrides, progress=messages.append)
+        return collect_runs("amazon-beauty-mini", ["MIND"], [str(AMAZON_CONFIG)], seeds=1, out=tmp_path / out,
+                       groups=[group], overrides=overrides, log=messages.append)
 
     (uninterrupted,) = run("whole", [])
     assert len(uninterrupted.valid_scores) == 3

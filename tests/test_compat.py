@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mind_recbole import performance
+from mind_recbole import runtime_settings
 from mind_recbole.training import build_config
 from mind_recbole.registry import get_model
 
@@ -139,20 +139,20 @@ def test_partial_eval_args_are_merged_over_the_defaults():
 
 @pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (16, 16)])
 def test_default_thread_count_is_one_per_usable_core(cores, expected):
-    assert performance.default_thread_count(cores, environ={}) == expected
+    assert runtime_settings.default_thread_count(cores, environ={}) == expected
 
 
 @pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), ("2,1", 2), ("0", 16), ("many", 16), ("", 16)])
 def test_default_thread_count_honours_omp_num_threads(value, expected):
-    assert performance.default_thread_count(16, environ={"OMP_NUM_THREADS": value}) == expected
+    assert runtime_settings.default_thread_count(16, environ={"OMP_NUM_THREADS": value}) == expected
 
 
 def test_thread_setting_is_applied_and_checked():
     previous = torch.get_num_threads()
     try:
-        assert performance.set_torch_threads(1) == 1 and torch.get_num_threads() == 1
+        assert runtime_settings.set_torch_threads(1) == 1 and torch.get_num_threads() == 1
         with pytest.raises(ValueError, match="torch_threads must be >= 1"):
-            performance.set_torch_threads(-2)
+            runtime_settings.set_torch_threads(-2)
     finally:
         torch.set_num_threads(previous)
 
@@ -162,7 +162,7 @@ def test_malloc_tuning_takes_effect_on_glibc():
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert performance.tune_malloc() is True
+    assert runtime_settings.tune_malloc() is True
 
 
 def test_data_path_is_stored_absolute_so_checkpoints_reload_anywhere(tmp_path, monkeypatch):

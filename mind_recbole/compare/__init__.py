@@ -4,9 +4,9 @@ import time
 from pathlib import Path
 
 from mind_recbole.compare.report import write_report
-from mind_recbole.compare.runner import CTR_MODELS, DEFAULT_MODELS, PROTOCOL_GROUPS, compare
+from mind_recbole.compare.runner import CTR_MODELS, DEFAULT_MODELS, PROTOCOL_GROUPS, collect_runs
 
-__all__ = ["DEFAULT_MODELS", "PROTOCOL_GROUPS", "compare", "dataset_statistics", "run_comparison"]
+__all__ = ["DEFAULT_MODELS", "PROTOCOL_GROUPS", "compare", "dataset_statistics", "compare"]
 
 
 def dataset_statistics(dataset, config_files, overrides=None):
@@ -35,12 +35,12 @@ def dataset_statistics(dataset, config_files, overrides=None):
     ]
 
 
-def run_comparison(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results",
-                   groups=PROTOCOL_GROUPS, overrides=None, rerun=False, command="", progress=print,
+def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results",
+                   groups=PROTOCOL_GROUPS, overrides=None, rerun=False, command="", log=print,
                    report_only=False, config_dir="configs"):
     """Train / reuse every run, then write ``OUT/DATASET.md``, ``.json`` and ``.png``; their paths."""
     started = time.perf_counter()
-    records = compare(dataset, models, config_files, seeds, out, groups, overrides, rerun=rerun, progress=progress,
+    records = collect_runs(dataset, models, config_files, seeds, out, groups, overrides, rerun=rerun, log=log,
                       report_only=report_only, config_dir=config_dir)
     if not records:
         raise ValueError(f"no runs of {dataset} in {out}: nothing to report")
@@ -52,5 +52,5 @@ def run_comparison(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out
                if m not in CTR_MODELS or g != "multi_interest"
                if any((m, g, s) not in done for s in seed_list)]
     paths = write_report(dataset, records, out, config_files, rows, command, trained, missing)
-    progress(f"compare: {len(records)} runs, {(time.perf_counter() - started) / 60:.1f} min in this call")
+    log(f"compare: {len(records)} runs, {(time.perf_counter() - started) / 60:.1f} min in this call")
     return paths

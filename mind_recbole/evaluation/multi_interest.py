@@ -64,17 +64,14 @@ def read_sequences(inter_file, user_field="user_id", item_field="item_id", time_
     import pandas as pd
 
     inter_file = Path(inter_file)
-    with inter_file.open(encoding="utf-8") as reader:
-        header = reader.readline().rstrip("\n").split("\t")
-    names = {column.split(":")[0]: column for column in header}
-    missing = [f for f in (user_field, item_field, time_field) if f not in names]
+    fields = atomic_file_fields(inter_file)
+    missing = [f for f in (user_field, item_field, time_field) if f not in fields]
     if missing:
-        raise ValueError(f"{inter_file}: no column {missing} (columns: {', '.join(header)})")
-    frame = pd.read_csv(
-        inter_file, sep="\t", usecols=[names[user_field], names[item_field], names[time_field]],
-        dtype={names[user_field]: str, names[item_field]: str}, keep_default_na=False,
-    )
-    frame.columns = [c.split(":")[0] for c in frame.columns]
+        raise ValueError(f"{inter_file}: no column {missing} (columns: {', '.join(fields)})")
+    columns = [fields.index(f) for f in (user_field, item_field, time_field)]
+    frame = pd.read_csv(inter_file, sep="\t", usecols=columns, dtype={columns[0]: str, columns[1]: str},
+                        keep_default_na=False)
+    frame.columns = [fields[c] for c in sorted(columns)]
     frame = frame.sort_values([user_field, time_field], kind="stable")
     return {
         user: items.tolist() for user, items in frame.groupby(user_field, sort=True)[item_field]

@@ -11,12 +11,12 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 from torch.nn import functional as F
 
+from mind_recbole.data.features import feature_table
 from mind_recbole.model.layers import (
     ItemTower,
     ReLUTower,
     UserProfileEmbedding,
     best_interest,
-    feature_table,
     max_over_interests,
 )
 
