@@ -210,7 +210,6 @@ class InterestRecommender(SequentialRecommender):
         logits = torch.cat([positive_logits.unsqueeze(1), negative_logits], dim=1)  # [B 1+S]
         return F.cross_entropy(logits, torch.zeros_like(targets))
 
-    # ------------------------------------------------------------------ scoring
     # ------------------------------------------------------------------ what export needs
     @property
     def uses_user_profile(self):
@@ -227,6 +226,7 @@ class InterestRecommender(SequentialRecommender):
         """The longest history the user tower takes in eval mode (None: any length)."""
         return None
 
+    # ------------------------------------------------------------------ scoring
     def predict(self, interaction):
         interests, interest_mask = self.user_interests(interaction)  # [B K D]
         item_vectors = self.item_tower(interaction[self.ITEM_ID])  # [B D]
