@@ -1,4 +1,4 @@
-"""The layout of an exported model directory, shared by the exporter and the runtime (no imports).
+"""The layout of an exported model directory, shared by the exporter and the runtime (standard library only).
 
 ``DIR/user_tower.onnx``
     inputs ``item_seq`` int64 ``[batch, seq_len]`` (internal item ids, oldest first, padding 0
@@ -15,6 +15,10 @@
     Only for models with user profile fields: internal user id -> user token.
 ``DIR/export_report.json``
     The metadata and the parity check's result (informational).
+``DIR/manifest.json``
+    Size and SHA-256 of every file of the directory (``user_tower.onnx`` included), the checkpoint's
+    name and SHA-256, the package versions. ``user_tower.onnx`` itself records the sizes and SHA-256
+    of the item and user files (``file_digests``), which the runtime checks at load.
 
 The error types below are shared by the runtime and retrieval (all are ``ValueError`` subclasses,
 so the ``mind-recbole`` command reports them as errors with exit status 2):
@@ -25,11 +29,18 @@ so the ``mind-recbole`` command reports them as errors with exit status 2):
   rows at fault): :class:`EmptyHistoryError`, :class:`UnknownItemError`, :class:`ItemIdError`.
 """
 
+import hashlib
+from pathlib import Path
+
 ONNX_FILE = "user_tower.onnx"
 ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
 ITEM_TOKENS_FILE = "item_tokens.json"
 USER_TOKENS_FILE = "user_tokens.json"
 REPORT_FILE = "export_report.json"
+MANIFEST_FILE = "manifest.json"
+# Files whose size and SHA-256 user_tower.onnx records (META_FILE_DIGESTS): the runtime refuses any
+# that differ, so embeddings or tokens of another export, or altered bytes, are never served.
+DIGESTED_FILES = (ITEM_EMBEDDINGS_FILE, ITEM_TOKENS_FILE, USER_TOKENS_FILE)
 
 INPUT_ITEM_SEQ = "item_seq"
 INPUT_ITEM_SEQ_LEN = "item_seq_len"
@@ -55,6 +66,8 @@ META_EXPORTER = "exporter"  # dynamo or torchscript
 META_OPSET = "opset"  # the default-domain ONNX opset of the graph
 META_EXPORT_TIME = "export_time"  # ISO 8601, UTC
 META_CHECKPOINT = "checkpoint"
+META_CHECKPOINT_SHA256 = "checkpoint_sha256"  # of the checkpoint file exported
+META_FILE_DIGESTS = "file_digests"  # JSON {file name: {"bytes": n, "sha256": hex}} of the DIGESTED_FILES written
 META_VERSIONS = {  # metadata key -> the package whose version it records
     "mind_recbole_version": "mind_recbole", "torch_version": "torch", "recbole_version": "recbole",
     "onnx_version": "onnx", "onnxscript_version": "onnxscript",
@@ -124,6 +137,15 @@ class ItemIdError(InputError):
     def __init__(self, message, rows=(), first=None):
         self.first = first
         super().__init__(message, rows)
+
+
+def file_digest(path, block_size=1 << 20):
+    """``{"bytes": size, "sha256": hex digest}`` of the file at ``path`` (read in blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_size), b""):
+            digest.update(block)
+    return {"bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
 
 
 MAX_LISTED = 20  # rows / tokens named in one error message

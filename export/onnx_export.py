@@ -267,8 +267,16 @@ def build_metadata(model, dataset_name, exporter, checkpoint=None):
         artifacts.META_EXPORTER: exporter,
         artifacts.META_EXPORT_TIME: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         artifacts.META_CHECKPOINT: "" if checkpoint is None else Path(checkpoint).name,
+        artifacts.META_CHECKPOINT_SHA256: checkpoint_sha256(checkpoint),
         **{key: _version(package) for key, package in artifacts.META_VERSIONS.items()},
     }
+
+
+def checkpoint_sha256(checkpoint):
+    """SHA-256 of the checkpoint file ("" when exporting an in-memory model or the file is gone)."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return ""
+    return artifacts.file_digest(checkpoint)["sha256"]
 
 
 def set_metadata(proto, metadata):
@@ -522,7 +530,8 @@ def check_exportable(model):
 
 # What an export folder may hold: an earlier export of these files is replaced whole.
 EXPORT_FILE_NAMES = frozenset({
-    artifacts.ONNX_FILE, f"{artifacts.ONNX_FILE}.data", artifacts.ITEM_EMBEDDINGS_FILE, artifacts.ITEM_TOKENS_FILE, artifacts.USER_TOKENS_FILE, artifacts.REPORT_FILE,
+    artifacts.ONNX_FILE, f"{artifacts.ONNX_FILE}.data", artifacts.ITEM_EMBEDDINGS_FILE, artifacts.ITEM_TOKENS_FILE,
+    artifacts.USER_TOKENS_FILE, artifacts.REPORT_FILE, artifacts.MANIFEST_FILE,
 })
 
 
@@ -550,9 +559,26 @@ def staged_folder(out_dir):
 
 
 def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, check):
-    """Write the export into the (empty) folder ``out_dir``; its :class:`ExportResult`."""
+    """Write the export into the (empty) folder ``out_dir``; its :class:`ExportResult`.
+
+    The item and user files are written first, so that ``user_tower.onnx`` can record their sizes
+    and SHA-256 (``file_digests``), which the runtime checks; ``manifest.json`` then lists every file.
+    """
     model = model.to("cpu").eval()
     n_users = dataset.user_num if model.uses_user_profile else None
+
+    with torch.no_grad():
+        item_vectors = model.all_item_vectors().detach().cpu().numpy().astype(np.float32)
+    tokens = item_tokens(dataset)
+    if len(tokens) != item_vectors.shape[0]:
+        raise ExportError(f"{len(tokens)} item tokens for {item_vectors.shape[0]} item vectors")
+    np.save(out_dir / artifacts.ITEM_EMBEDDINGS_FILE, item_vectors)
+    (out_dir / artifacts.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
+    side_files = [out_dir / artifacts.ITEM_EMBEDDINGS_FILE, out_dir / artifacts.ITEM_TOKENS_FILE]
+    if n_users is not None:
+        users = [str(token) for token in dataset.field2id_token[dataset.uid_field]]
+        (out_dir / artifacts.USER_TOKENS_FILE).write_text(json.dumps(users))
+        side_files.append(out_dir / artifacts.USER_TOKENS_FILE)
 
     proto, exporter_used = export_graph(model, opset=opset, exporter=exporter, n_users=n_users)
     check_exported_graph(proto, int(model.interest_num), int(model.embedding_size))
@@ -561,22 +587,11 @@ def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, ch
         raise ExportError(f"the exported graph has random ops {random_ops}; export a model in eval mode")
     metadata = build_metadata(model, dataset.dataset_name, exporter_used, checkpoint)
     metadata[artifacts.META_OPSET] = str(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), ""))
+    metadata[artifacts.META_FILE_DIGESTS] = json.dumps({path.name: artifacts.file_digest(path) for path in side_files})
     set_metadata(proto, metadata)
     onnx_path = out_dir / artifacts.ONNX_FILE
     save_onnx(proto, onnx_path)
-
-    with torch.no_grad():
-        item_vectors = model.all_item_vectors().detach().cpu().numpy().astype(np.float32)
-    np.save(out_dir / artifacts.ITEM_EMBEDDINGS_FILE, item_vectors)
-    tokens = item_tokens(dataset)
-    if len(tokens) != item_vectors.shape[0]:
-        raise ExportError(f"{len(tokens)} item tokens for {item_vectors.shape[0]} item vectors")
-    (out_dir / artifacts.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
-    files = [onnx_path, out_dir / artifacts.ITEM_EMBEDDINGS_FILE, out_dir / artifacts.ITEM_TOKENS_FILE]
-    if n_users is not None:
-        users = [str(token) for token in dataset.field2id_token[dataset.uid_field]]
-        (out_dir / artifacts.USER_TOKENS_FILE).write_text(json.dumps(users))
-        files.append(out_dir / artifacts.USER_TOKENS_FILE)
+    files = [onnx_path, *side_files]
 
     result = ExportResult(out_dir, onnx_path, metadata, files=files)
     if check:
@@ -586,6 +601,13 @@ def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, ch
     result.files.append(out_dir / artifacts.REPORT_FILE)
     if result.parity is not None and not result.parity.passed:
         raise parity_error(result.parity)
+    manifest = {
+        "files": {path.name: artifacts.file_digest(path) for path in result.files},
+        "checkpoint": {"name": metadata[artifacts.META_CHECKPOINT], "sha256": metadata[artifacts.META_CHECKPOINT_SHA256]},
+        "versions": {key: metadata[key] for key in artifacts.META_VERSIONS},
+    }
+    (out_dir / artifacts.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    result.files.append(out_dir / artifacts.MANIFEST_FILE)
     return result
 
 

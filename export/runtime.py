@@ -20,7 +20,10 @@ outputs), whose metadata is missing a key or has a non-integer value, whose outp
 with its metadata ``interest_num`` / ``embedding_size``, or whose ``n_items`` disagrees with
 ``item_tokens.json``; an ``item_tokens.json`` that is not a JSON list of distinct strings; an
 ``item_embeddings.npy`` that cannot be read (truncated), is not ``[n_items, D]`` floats, or has
-NaN / inf in some row (the rows and their tokens are named; ``check_finite=False`` skips this scan).
+NaN / inf in some row (the rows and their tokens are named; ``check_finite=False`` skips this scan);
+then any item or user file whose size or SHA-256 differs from what ``user_tower.onnx`` recorded at
+export (``file_digests``): files of another export of the same shape, or a few altered bytes, are
+an error, not wrong rankings (``verify_digests=False`` skips the hashing; the sizes are always checked).
 
 Input handling (:class:`~export.artifacts.InputError` subclasses, ``ValueError`` too, each with
 ``rows``, the offending batch rows):
@@ -71,7 +74,7 @@ FINITE_CHECK_ROWS = 1 << 16  # rows of item_embeddings.npy scanned per step for 
 
 __all__ = [
     "ArtifactError", "EmptyHistoryError", "InputError", "ItemIdError", "ProviderFallbackWarning",
-    "UnknownItemError", "UserTower", "check_session_graph", "load_tokens", "read_item_vectors", "read_metadata",
+    "UnknownItemError", "UserTower", "check_session_graph", "load_tokens", "verify_file_digests", "read_item_vectors", "read_metadata",
     "select_providers",
 ]
 
@@ -151,6 +154,38 @@ def check_session_graph(session, path=artifacts.ONNX_FILE):
             f"Graph inputs: {_describe(session.get_inputs())}; outputs: {_describe(session.get_outputs())}. "
             f"Expected {artifacts.GRAPH_SIGNATURE}",
         )
+
+
+def verify_file_digests(model_dir, metadata, onnx_path=artifacts.ONNX_FILE, hash_files=True):
+    """:class:`ArtifactError` naming the first item or user file whose size (and, with
+    ``hash_files``, SHA-256) differs from the ``file_digests`` that ``user_tower.onnx`` recorded."""
+    text = metadata.get(artifacts.META_FILE_DIGESTS)
+    if not text:
+        raise ArtifactError(
+            onnx_path, "records no file digests, so its item files cannot be checked (an export older than "
+            "the digests); export the checkpoint again with `mind-recbole export`", field=artifacts.META_FILE_DIGESTS,
+        )
+    try:
+        digests = json.loads(text)
+        expected_files = {name: (int(d["bytes"]), str(d["sha256"])) for name, d in digests.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ArtifactError(onnx_path, f"metadata {artifacts.META_FILE_DIGESTS!r} is malformed ({error})",
+                            field=artifacts.META_FILE_DIGESTS) from error
+    for name, (size, sha256) in expected_files.items():
+        path = Path(model_dir) / name
+        if not path.is_file():
+            raise ArtifactError(path, f"not found, but {artifacts.ONNX_FILE} was exported with it", field="bytes")
+        actual = path.stat().st_size
+        if actual != size:
+            raise ArtifactError(
+                path, f"is {actual:,} bytes, but {artifacts.ONNX_FILE} was exported with {size:,}: truncated, altered or "
+                "from another export; export the checkpoint again", field="bytes",
+            )
+        if hash_files and artifacts.file_digest(path)["sha256"] != sha256:
+            raise ArtifactError(
+                path, f"its SHA-256 differs from the one {artifacts.ONNX_FILE} recorded (same size): altered, or from "
+                "another export of the same shape; export the checkpoint again", field="sha256",
+            )
 
 
 def read_metadata(session, path=artifacts.ONNX_FILE):
@@ -268,6 +303,8 @@ class UserTower:
         intra_op_num_threads: ONNX Runtime threads (0: its default; 1 in a thread pool).
         load_item_vectors: load ``item_embeddings.npy`` (memory-mapped when ``mmap``).
         check_finite: scan the item vectors for NaN / inf at load (reads the whole file once).
+        verify_digests: hash the item and user files and compare with ``file_digests`` (sizes are
+            compared either way; ``results/serving.md`` has what the hashing costs).
 
     Attributes: ``metadata`` (dict), ``interest_num`` K, ``embedding_size`` D, ``max_seq_length``,
     ``item_vectors`` ``[n_items, D]`` float32 (read-only), ``item_tokens`` (id -> token),
@@ -275,7 +312,7 @@ class UserTower:
     """
 
     def __init__(self, model_dir, provider="auto", strict=False, intra_op_num_threads=0, load_item_vectors=True,
-                 mmap=False, check_finite=True):
+                 mmap=False, check_finite=True, verify_digests=True):
         self.model_dir = Path(model_dir)
         onnx_path = self.model_dir / artifacts.ONNX_FILE
         if not onnx_path.is_file():
@@ -319,6 +356,7 @@ class UserTower:
                 self.model_dir / artifacts.ITEM_EMBEDDINGS_FILE, len(self.item_tokens), self.embedding_size, mmap=mmap,
                 check_finite=check_finite, tokens=self.item_tokens, tokens_file=tokens_path.name,
             )
+        verify_file_digests(self.model_dir, self.metadata, onnx_path, hash_files=verify_digests)
 
     def _check_metadata_against_graph(self):
         """The graph's static output dims and inputs must agree with the metadata (else: another model's file)."""

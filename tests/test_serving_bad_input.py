@@ -181,8 +181,59 @@ def test_nan_or_inf_item_embeddings_name_the_rows_at_load(mind_export, tmp_path,
     message = str(error.value)
     assert message.startswith(str(model_dir / artifacts.ITEM_EMBEDDINGS_FILE)) and "2 row(s) hold NaN or inf" in message
     assert f"row 5 ({tokens[5]!r}), {len(tokens) - 1} ({tokens[-1]!r})" in message and error.value.field == 5
-    unchecked = UserTower(model_dir, provider="cpu", mmap=mmap, check_finite=False)  # opt-out, e.g. huge mmaps
+    # opt-out, e.g. huge mmaps (the altered file no longer matches its recorded digest either)
+    unchecked = UserTower(model_dir, provider="cpu", mmap=mmap, check_finite=False, verify_digests=False)
     assert np.isnan(unchecked.item_vectors[5, 3])
+
+
+def test_same_shape_files_of_another_export_or_altered_bytes_are_named(mind_export, tmp_path):
+    """Nothing ties the item files to the tower but the digests user_tower.onnx records: each
+    replacement below has the right shape and would otherwise serve wrong rankings."""
+    model_dir = copy_export(mind_export[0], tmp_path)
+    embeddings, tokens_path = model_dir / artifacts.ITEM_EMBEDDINGS_FILE, model_dir / artifacts.ITEM_TOKENS_FILE
+    original = embeddings.read_bytes()
+    np.save(embeddings, np.load(embeddings) * 1.01)  # another export's vectors: same shape and size
+    with pytest.raises(ArtifactError, match="its SHA-256 differs from the one user_tower.onnx recorded") as error:
+        UserTower(model_dir, provider="cpu")
+    assert error.value.path == str(embeddings) and error.value.field == "sha256"
+
+    altered = bytearray(original)
+    altered[-4:] = np.float32(1.3e37).tobytes()  # a few bytes overwritten: one row scores 1e37
+    embeddings.write_bytes(bytes(altered))
+    with pytest.raises(ArtifactError, match="its SHA-256 differs"):
+        UserTower(model_dir, provider="cpu")
+    assert UserTower(model_dir, provider="cpu", verify_digests=False).item_vectors[-1, -1] == np.float32(1.3e37)
+
+    embeddings.write_bytes(original)
+    tokens = json.loads(tokens_path.read_text())
+    tokens[1], tokens[2] = tokens[2], tokens[1]  # two items' tokens swapped: same size, wrong items served
+    tokens_path.write_text(json.dumps(tokens))
+    with pytest.raises(ArtifactError, match="item_tokens.json: its SHA-256 differs"):
+        UserTower(model_dir, provider="cpu")
+    tokens_path.write_text(json.dumps(tokens) + " ")  # one byte more
+    with pytest.raises(ArtifactError, match=r"is [\d,]+ bytes, but user_tower.onnx was exported with [\d,]+") as error:
+        UserTower(model_dir, provider="cpu", verify_digests=False)  # sizes are checked even without hashing
+    assert error.value.field == "bytes"
+
+
+def test_an_export_without_digests_is_refused(mind_export, tmp_path):
+    model_dir = copy_export(mind_export[0], tmp_path)
+    rewrite_metadata(model_dir, drop=(artifacts.META_FILE_DIGESTS,))
+    with pytest.raises(ArtifactError, match="records no file digests") as error:
+        UserTower(model_dir, provider="cpu")
+    assert error.value.field == artifacts.META_FILE_DIGESTS
+
+
+def test_the_manifest_lists_every_file_and_the_checkpoint(mind_export, mind_checkpoint):
+    model_dir, _, _, result = mind_export
+    manifest = json.loads((model_dir / artifacts.MANIFEST_FILE).read_text())
+    assert set(manifest["files"]) == {p.name for p in model_dir.iterdir()} - {artifacts.MANIFEST_FILE}
+    for name, digest in manifest["files"].items():
+        assert digest == artifacts.file_digest(model_dir / name)
+    assert manifest["checkpoint"] == {"name": mind_checkpoint.name, "sha256": artifacts.file_digest(mind_checkpoint)["sha256"]}
+    assert set(manifest["versions"]) == set(artifacts.META_VERSIONS)
+    recorded = json.loads(result.metadata[artifacts.META_FILE_DIGESTS])
+    assert set(recorded) == {artifacts.ITEM_EMBEDDINGS_FILE, artifacts.ITEM_TOKENS_FILE}  # no user file: no profile
 
 
 def test_broken_token_maps_are_named(mind_export, tmp_path):
