@@ -182,10 +182,15 @@ def require_faiss():
 
 
 class AnnIndex:
-    """A faiss inner-product index over ``item_vectors[first_id:]``; faiss ids + ``first_id`` = item ids."""
+    """A faiss inner-product index over ``item_vectors[first_id:]``; faiss ids + ``first_id`` = item ids.
 
-    def __init__(self, index, kind, first_id, n_items):
+    Keeps a reference to ``item_vectors`` (no copy), which :func:`ann_topk` scores exactly for a
+    user the index returned too few items for.
+    """
+
+    def __init__(self, index, kind, first_id, n_items, item_vectors=None):
         self.index, self.kind, self.first_id, self.n_items = index, kind, first_id, n_items
+        self.item_vectors = item_vectors
 
     def set_search_effort(self, ef_search=None, nprobe=None):
         """HNSW ``efSearch`` / IVF ``nprobe``: higher is slower and closer to exact (not while other threads search)."""
@@ -230,7 +235,7 @@ def build_index(item_vectors, kind="hnsw", exclude_padding=True, hnsw_m=32, ef_c
     else:
         raise ValueError(f"kind must be flat, hnsw or ivf, got {kind!r}")
     index.add(vectors)
-    ann = AnnIndex(index, kind, first_id, item_vectors.shape[0])
+    ann = AnnIndex(index, kind, first_id, item_vectors.shape[0], item_vectors=item_vectors)
     ann.set_search_effort(ef_search=ef_search, nprobe=nprobe)
     return ann
 
@@ -241,6 +246,11 @@ def ann_topk(index, interests, mask, topk=50, exclude=None, per_interest_k=None)
     Each active interest fetches ``per_interest_k`` items (default ``topk`` plus the user's
     exclusion count, so exclusions cannot starve the result); an item found by several interests
     keeps its best score and that interest. Returns :class:`TopK` like the exact function.
+
+    Never silently fewer: a user for whom the index returned fewer than ``topk`` items while the
+    catalogue (less the user's exclusions) has them (an HNSW search returns at most about
+    ``efSearch`` items per query) is scored exactly over ``index.item_vectors``; ids ``-1`` remain
+    only where the catalogue has fewer items than ``topk``.
     """
     interests, mask = _check_inputs(interests, mask)
     batch, k_max, _ = interests.shape
@@ -287,7 +297,24 @@ def ann_topk(index, interests, mask, topk=50, exclude=None, per_interest_k=None)
     out_ids[cand_user[keep], rank[keep]] = cand_ids[keep]
     out_scores[cand_user[keep], rank[keep]] = cand_scores[keep]
     out_interest[cand_user[keep], rank[keep]] = cand_interest[keep]
-    return TopK(out_ids, out_scores, out_interest)
+    result = TopK(out_ids, out_scores, out_interest)
+    short = _users_served_short(result, index, topk, exclude)
+    if short.size and index.item_vectors is not None:
+        exact = max_over_interests_topk(interests[short], mask[short], index.item_vectors, topk,
+                                        exclude=None if exclude is None else [exclude[u] for u in short],
+                                        exclude_padding=index.first_id == 1)
+        result.ids[short], result.scores[short], result.interests[short] = exact.ids, exact.scores, exact.interests
+    return result
+
+
+def _users_served_short(result, index, topk, exclude):
+    """Users with fewer than ``topk`` items although the indexed catalogue, less their exclusions, has them."""
+    indexed = index.n_items - index.first_id
+    available = np.full(len(result.ids), indexed, np.int64)
+    if exclude is not None:
+        available -= [len({int(i) for i in ids if int(i) >= index.first_id}) for ids in exclude]
+    served = (result.ids >= 0).sum(axis=1)
+    return np.nonzero(served < np.minimum(topk, available))[0]
 
 
 def recall_at_n(approx_ids, exact_ids):

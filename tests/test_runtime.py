@@ -317,3 +317,22 @@ def test_export_package_imports_no_torch():
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_ann_returns_topk_items_whenever_the_catalogue_has_them(kind):
+    """HNSW returns about efSearch items per query and IVF only what its probed lists hold: a user
+    left short is scored exactly, so ``retrieve --ann --topk 1000`` never answers with fewer."""
+    pytest.importorskip("faiss")
+    rng, interests, mask, items = random_problem(5, 6, 4, 8, 300)
+    exclude = [rng.choice(np.arange(1, 300), 5, replace=False) for _ in range(6)]
+    index = build_index(items, kind=kind, ef_search=8, nprobe=1)
+    for topk in (150, 294, 299):  # 294 = the 299 indexed items less 5 exclusions
+        result = ann_topk(index, interests, mask, topk, exclude=exclude)
+        served = (result.ids >= 0).sum(axis=1)
+        assert (served == min(topk, 294)).all(), served
+        assert not any(np.isin(result.ids[u], exclude[u]).any() for u in range(6))
+        assert (result.ids != 0).all()  # never the padding row
+    exact = max_over_interests_topk(interests, mask, items, 294, exclude=exclude)
+    full = ann_topk(index, interests, mask, 294, exclude=exclude)
+    assert [set(row) for row in full.ids] == [set(row) for row in exact.ids]  # the whole catalogue, as exact
