@@ -32,8 +32,12 @@ def main(argv=None):
     configure_openmp()  # before anything imports torch
     hide_known_warnings()
     parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    args.raw_argv = list(sys.argv[1:] if argv is None else argv)[1:]
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    dashes = [a for a in arguments if a.startswith("--") and a.endswith("=--")]
+    if dashes:  # argparse drops a value of "--" and passes [] on, past the option's type check
+        parser.error(f"{dashes[0]}: '--' is not a value")
+    args, overrides = parser.parse_known_args(arguments)
+    args.raw_argv = arguments[1:]
     if overrides and args.command not in ("train", "compare"):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     try:

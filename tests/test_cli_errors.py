@@ -117,7 +117,19 @@ def test_quickstart_rejects_bad_counts(value, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     for option in ("--epochs", "--torch_threads"):
         status, _, stderr = run_in_process(["quickstart", f"{option}={value}"], capsys, monkeypatch)
-        assert status == 2 and "Traceback" not in stderr and "expected an integer >= 1" in stderr, stderr
+        assert status == 2 and "Traceback" not in stderr, stderr
+        assert "expected an integer >= 1" in stderr or "'--' is not a value" in stderr, stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["quickstart", "--epochs=--"], ["compare", "--dataset", "x", "--seeds=--"],
+    ["retrieve", "--model-dir", "x", "--history", "a", "--topk=--"], ["train", "--model", "MIND", "--dataset", "x",
+                                                                      "--nproc=--"],
+])
+def test_a_double_dash_value_is_refused_before_argparse_drops_it(argv, capsys, monkeypatch):
+    """Python's argparse turns ``--topk=--`` into ``[]`` past the option's type check."""
+    status, _, stderr = run_in_process(argv, capsys, monkeypatch)
+    assert status == 2 and "'--' is not a value" in stderr and "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01 not a checkpoint", b"PK\x03\x04 truncated zip"])
