@@ -38,6 +38,8 @@ ITEM_TOKENS_FILE = "item_tokens.json"
 USER_TOKENS_FILE = "user_tokens.json"
 REPORT_FILE = "export_report.json"
 MANIFEST_FILE = "manifest.json"
+EXPORT_FILES = (ONNX_FILE, f"{ONNX_FILE}.data", ITEM_EMBEDDINGS_FILE, ITEM_TOKENS_FILE, USER_TOKENS_FILE, REPORT_FILE,
+                MANIFEST_FILE)  # everything an export folder may hold (.data: weights past protobuf's 2 GB)
 # Files whose size and SHA-256 user_tower.onnx records (META_FILE_DIGESTS): the runtime refuses any
 # that differ, so embeddings or tokens of another export, or altered bytes, are never served.
 DIGESTED_FILES = (ITEM_EMBEDDINGS_FILE, ITEM_TOKENS_FILE, USER_TOKENS_FILE)

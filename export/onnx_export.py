@@ -509,7 +509,7 @@ def check_out_dir(out_dir):
     """``out_dir`` is replaced whole: it must be absent, empty, or an earlier export."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir}: exists and is not a folder; give a folder for the export")
-    strangers = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILE_NAMES) if out_dir.is_dir() else []
+    strangers = sorted(p.name for p in out_dir.iterdir() if p.name not in artifacts.EXPORT_FILES) if out_dir.is_dir() else []
     if strangers:
         raise FileExistsError(
             f"--out {out_dir}: the folder holds files that are not part of an export ({', '.join(strangers[:5])}); "
@@ -526,13 +526,6 @@ def check_exportable(model):
             f"cannot export a {type(model).__name__} model: export takes a MIND or YouTubeDNN checkpoint "
             "(a user tower of interest vectors scored by max over interests)"
         )
-
-
-# What an export folder may hold: an earlier export of these files is replaced whole.
-EXPORT_FILE_NAMES = frozenset({
-    artifacts.ONNX_FILE, f"{artifacts.ONNX_FILE}.data", artifacts.ITEM_EMBEDDINGS_FILE, artifacts.ITEM_TOKENS_FILE,
-    artifacts.USER_TOKENS_FILE, artifacts.REPORT_FILE, artifacts.MANIFEST_FILE,
-})
 
 
 @contextmanager
@@ -626,7 +619,6 @@ def export_user_tower(checkpoint, out_dir, opset=None, atol=1e-5, exporter="auto
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     check_out_dir(Path(out_dir))  # before the (slow) loading
     _config, model, dataset, *_ = load_data_and_model(str(checkpoint), state="WARNING")
-    check_exportable(model)
     return export_model(
         model, dataset, out_dir, opset=opset, atol=atol, exporter=exporter, checkpoint=checkpoint, check=check
     )

@@ -88,11 +88,9 @@ class MindConfig(Config):
         for key, value in self.external_config_dict.items():
             if not isinstance(value, str) or expected_value_kind(self.internal_config_dict.get(key)) != "a number":
                 continue
-            try:
-                number = float(value.strip().lower().replace(".inf", "inf"))
-            except ValueError:
-                continue
-            self.external_config_dict[key] = self.final_config_dict[key] = number
+            number = number_from_text(value)
+            if number is not None:
+                self.external_config_dict[key] = self.final_config_dict[key] = number
 
     # ------------------------------------------------------------------ where keys come from
     def _load_config_files(self, file_list):
@@ -196,18 +194,24 @@ class MindConfig(Config):
         for key, value in self.external_config_dict.items():
             default = self.internal_config_dict.get(key)
             expected = expected_value_kind(default, integer=key in INTEGER_KEYS)
-            if expected is None or value is None or value_fits(value, expected):
-                continue
-            raise ConfigValueError(
-                f"config key {key!r} in {self.key_source(key)} is {value!r}, but it takes {expected} "
-                f"(its default is {default!r})"
-            )
-        for key, value in self.external_config_dict.items():
+            if expected is not None and value is not None and not value_fits(value, expected):
+                raise ConfigValueError(
+                    f"config key {key!r} in {self.key_source(key)} is {value!r}, but it takes {expected} "
+                    f"(its default is {default!r})"
+                )
             lowest = MINIMUM_VALUES.get(key)
             if lowest is not None and isinstance(value, (int, float)) and value < lowest:
                 raise ConfigValueError(
                     f"config key {key!r} in {self.key_source(key)} is {value!r}; it must be at least {lowest}"
                 )
+
+
+def number_from_text(text):
+    """``"inf"``, ``".inf"`` (YAML's spelling), ``"1e-3"`` as a float; None for text that is no number."""
+    try:
+        return float(text.strip().lower().replace(".inf", "inf"))
+    except ValueError:
+        return None
 
 
 class ConfigValueError(ValueError):

@@ -68,13 +68,18 @@ def prepare_training(config, prepare_data=None, resume=None):
     return dataset, loaders, trainer
 
 
+def metric_cutoffs(config):
+    """``topk`` as a list (RecBole takes one cut-off or several)."""
+    return config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+
+
 def check_valid_metric(config):
     """``valid_metric`` must be one of the metrics computed (RecBole fails at the first
     validation, after a whole training epoch)."""
     given = config["metrics"] if isinstance(config["metrics"], list) else [config["metrics"]]
     metric, _, cutoff = str(config["valid_metric"]).lower().partition("@")
     metrics = [str(m).lower() for m in given]
-    cutoffs = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    cutoffs = metric_cutoffs(config)
     if metric not in metrics:
         raise ValueError(
             f"valid_metric {config['valid_metric']!r} is not computed: metrics are {config['metrics']}; "
@@ -89,7 +94,7 @@ def check_valid_metric(config):
 
 def check_cutoffs_fit_catalogue(config, dataset):
     """A ``topk`` cut-off above the number of items cannot be ranked: say so before training."""
-    cutoffs = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    cutoffs = metric_cutoffs(config)
     items = dataset.item_num - 1  # id 0 is padding
     too_large = [k for k in cutoffs if k > items]
     if too_large:

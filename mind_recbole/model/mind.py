@@ -17,6 +17,7 @@ way serving does (``p = inf``: exactly ``max_k``) and every interest is penalise
 it ranks high.
 """
 
+from mind_recbole.config import number_from_text
 from mind_recbole.model.base import ConfigErrors, InterestRecommender, _is_int, _is_number
 from mind_recbole.model.layers import (
     B2IDynamicRouting,
@@ -29,15 +30,10 @@ LABEL_ATTENTION_MODES = ("target", "every_item")
 
 
 def _to_float(value):
-    """A number, or a string such as ``inf`` / ``.inf`` (from the command line), as a float; else None."""
+    """A number, or text such as ``inf`` / ``.inf``, as a float; else None."""
     if _is_number(value):
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip().lower().replace(".inf", "inf"))
-        except ValueError:
-            return None
-    return None
+    return number_from_text(value) if isinstance(value, str) else None
 
 
 class MIND(InterestRecommender):
