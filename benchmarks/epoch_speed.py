@@ -17,10 +17,16 @@ are cumulative:
 multiplying matrices, as another training would; stopped when the benchmark ends, and after
 ``--busy-limit`` seconds at the latest), the situation of a shared machine.
 
+``--model`` takes a comma-separated list to compare models on the same data and settings, e.g.
+MIND against YouTubeDNN under the loss their defaults share (the table then gives each row's
+seconds per epoch relative to the first row's model).
+
 Usage:
   python benchmarks/epoch_speed.py --model SASRec --dataset ml-100k
   python benchmarks/epoch_speed.py --model MIND --dataset amazon-beauty --config configs/amazon-beauty.yaml \
       --settings malloc,passive,one-thread --beside-busy --out results/epoch_speed.md
+  python benchmarks/epoch_speed.py --model YouTubeDNN,MIND --dataset amazon-beauty --config configs/amazon-beauty.yaml \
+      --settings passive --epochs 2
 
 Prints a Markdown table (and appends it to --out).
 """
@@ -72,9 +78,9 @@ def run_one(model, dataset, setting, epochs, config_files):
                       "epoch_seconds": result["train_epoch_seconds"]}))
 
 
-def measure(args, setting):
-    """One setting in a child process; its JSON record plus the process's wall time."""
-    command = [sys.executable, __file__, "--model", args.model, "--dataset", args.dataset,
+def measure(args, model, setting):
+    """One model under one setting in a child process; its JSON record plus the process's wall time."""
+    command = [sys.executable, __file__, "--model", model, "--dataset", args.dataset,
                "--epochs", str(args.epochs), "--one", setting]
     for config in args.config:
         command += ["--config", config]
@@ -87,14 +93,15 @@ def measure(args, setting):
         sys.exit(f"{setting}: failed\n{completed.stderr[-3000:]}")
     record = json.loads(completed.stdout.strip().splitlines()[-1])
     record["process_seconds"] = time.perf_counter() - start
+    record["model"] = model
     return record
 
 
-def measure_beside_busy(args, setting):
+def measure_beside_busy(args, model, setting):
     busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(args.busy_limit)])
     try:
         time.sleep(2)  # the busy process is running before the measured one starts
-        return measure(args, setting)
+        return measure(args, model, setting)
     finally:
         busy.kill()
         busy.wait()
@@ -102,7 +109,7 @@ def measure_beside_busy(args, setting):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="SASRec")
+    parser.add_argument("--model", default="SASRec", help="a model, or several separated by commas")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--config", action="append", default=[], help="RecBole YAML (repeatable)")
     parser.add_argument("--epochs", type=int, default=1)
@@ -118,20 +125,21 @@ def main():
         return
 
     rows = []
-    for setting in args.settings.split(","):
-        for machine, runner in (("idle", measure), ("beside 1 busy", measure_beside_busy)):
-            if machine != "idle" and not args.beside_busy:
-                continue
-            record = runner(args, setting)
-            record["machine"] = machine
-            rows.append(record)
-            print(f"{setting} ({machine}): {record['epoch_seconds']}", file=sys.stderr)
+    for model in args.model.split(","):
+        for setting in args.settings.split(","):
+            for machine, runner in (("idle", measure), ("beside 1 busy", measure_beside_busy)):
+                if machine != "idle" and not args.beside_busy:
+                    continue
+                record = runner(args, model, setting)
+                record["machine"] = machine
+                rows.append(record)
+                print(f"{model} {setting} ({machine}): {record['epoch_seconds']}", file=sys.stderr)
 
     def per_epoch(row):
         return sum(row["epoch_seconds"]) / len(row["epoch_seconds"])
 
     baseline = per_epoch(rows[0])
-    idle = {row["setting"]: per_epoch(row) for row in rows if row["machine"] == "idle"}
+    idle = {(row["model"], row["setting"]): per_epoch(row) for row in rows if row["machine"] == "idle"}
     command = (f"python benchmarks/epoch_speed.py --model {args.model} --dataset {args.dataset}"
                + "".join(f" --config {c}" for c in args.config)
                + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
@@ -139,14 +147,15 @@ def main():
     lines = [
         f"{args.model} on {args.dataset}, {args.epochs} epoch(s), {os.cpu_count()} CPUs (`{command}`)",
         "",
-        "| setting | machine | torch threads | OpenMP wait | s / epoch | speed-up vs first row | slow-down vs idle |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+        "| model | setting | machine | torch threads | OpenMP wait | s / epoch | speed-up vs first row | cost vs first row | slow-down vs idle |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         seconds = per_epoch(row)
-        slowdown = f"{seconds / idle[row['setting']]:.2f}x" if row["setting"] in idle else "-"
-        lines.append(f"| {row['setting']} | {row['machine']} | {row['threads']} | {row['wait_policy']} | "
-                     f"{seconds:.1f} | {baseline / seconds:.2f}x | {slowdown} |")
+        own_idle = idle.get((row["model"], row["setting"]))
+        slowdown = f"{seconds / own_idle:.2f}x" if own_idle else "-"
+        lines.append(f"| {row['model']} | {row['setting']} | {row['machine']} | {row['threads']} | {row['wait_policy']} | "
+                     f"{seconds:.1f} | {baseline / seconds:.2f}x | {seconds / baseline:.2f}x | {slowdown} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -3,7 +3,7 @@
 import importlib
 import importlib.util
 
-PLUGIN_MODELS = ("MIND", "YouTubeDNN")
+PLUGIN_MODELS = ("MIND", "YouTubeDNN", "ComiRecSA", "ComiRecDR")
 
 _RECBOLE_SUBMODULES = (
     "general_recommender",

@@ -234,3 +234,23 @@ def test_gradient_through_routing_logit_updates_is_configurable():
     assert torch.allclose(routing_input_gradient(1, True), routing_input_gradient(1, False))
     # with updates, back-propagating through them adds a term
     assert not torch.allclose(routing_input_gradient(3, True), routing_input_gradient(3, False))
+
+
+def test_eval_routing_from_mapped_behaviours_equals_forward():
+    """The served form of routing (S applied per item beforehand, masks folded into the logits)."""
+    torch.manual_seed(0)
+    routing = B2IDynamicRouting(8, 4, 12, iterations=3).eval()
+    behaviours = torch.randn(6, 12, 8)
+    lengths = torch.tensor([12, 1, 2, 5, 9, 3])
+    seq_mask = torch.arange(12).unsqueeze(0) < lengths.unsqueeze(1)  # [B L]
+    behaviours = behaviours * seq_mask.unsqueeze(-1)  # padded behaviours are zero vectors, as the item tower gives
+    interest_mask = interest_count_mask(lengths, 4)
+    assert interest_mask.sum(1).tolist() == [3, 1, 1, 2, 3, 1]
+    expected = routing(behaviours, seq_mask, interest_mask)
+    served = routing.route_mapped_eval(routing.map_behaviours(behaviours), interest_mask)
+    torch.testing.assert_close(served, expected, rtol=1e-5, atol=1e-6)
+    assert (served[~interest_mask] == 0).all()  # inactive interests stay zero capsules
+    # only the mapped table's padding rows being zero makes padding irrelevant: a nonzero one changes the result
+    mapped = routing.map_behaviours(behaviours)
+    mapped[1, 5] = 1.0
+    assert not torch.allclose(routing.route_mapped_eval(mapped, interest_mask)[1], expected[1])

@@ -8,12 +8,14 @@ import torch
 
 from mind_recbole.model.youtubednn import YouTubeDNN
 from tests.conftest import tiny_config
+from tests.test_negatives import hand_loss as cross_entropy_by_hand
 
 
 @pytest.fixture(scope="module")
 def model(beauty_mini_data):
     config, dataset, train_data, _, _ = beauty_mini_data
-    config = tiny_config(config["data_path"].rsplit("/", 1)[0], model="YouTubeDNN", num_negatives=2)
+    config = tiny_config(config["data_path"].rsplit("/", 1)[0], model="YouTubeDNN", num_negatives=2,
+                         in_batch_negatives=False)  # sampled negatives only: log-Q is log(S q)
     return YouTubeDNN(config, train_data._dataset).eval()
 
 
@@ -72,3 +74,40 @@ def test_a_sampled_negative_equal_to_the_target_is_masked(model, monkeypatch):
     q = model.negative_probs
     only_the_other = hand_loss(scores[target], [scores[40]], q[target].item(), [q[40].item()], 2)
     assert loss == pytest.approx(only_the_other, rel=1e-5)  # as if the accidental hit had not been drawn
+
+
+# ---------------------------------------------------------------------------------------------- mixed negatives
+@pytest.fixture(scope="module")
+def mixed_model(beauty_mini_data):
+    config = beauty_mini_data[0]
+    config = tiny_config(config["data_path"].rsplit("/", 1)[0], model="YouTubeDNN", num_negatives=2,
+                         in_batch_negatives=True)
+    return YouTubeDNN(config, beauty_mini_data[2]._dataset).eval()
+
+
+def test_in_batch_probability_is_the_items_frequency_as_a_training_target(mixed_model, beauty_mini_data):
+    counts = Counter(beauty_mini_data[2]._dataset.inter_feat["item_id"].tolist())
+    popular = max(counts, key=counts.get)
+    assert mixed_model.target_probs[popular].item() == pytest.approx(counts[popular] / sum(counts.values()), rel=1e-5)
+    assert mixed_model.target_probs[0].item() == 0.0
+
+
+def test_mixed_negatives_loss_against_a_hand_computation(mixed_model, monkeypatch):
+    sampled = [40, 5]  # the sampled 5 is an accidental hit for rows 0 and 2
+    monkeypatch.setattr(torch, "multinomial", lambda probs, n, replacement: torch.tensor(sampled))
+    targets = torch.tensor([5, 17, 5])  # rows 0 and 2 share a target
+    torch.manual_seed(0)
+    users = torch.randn(3, mixed_model.embedding_size)
+    with torch.no_grad():
+        target_vectors = mixed_model.item_tower(targets)
+        loss = mixed_model.sampled_softmax_loss(users.unsqueeze(1), torch.ones(3, 1, dtype=torch.bool), users,
+                                                target_vectors, targets)
+    p, q = mixed_model.target_probs, mixed_model.negative_probs
+    candidates = [5, 17, 5, *sampled]  # the batch's targets, then the samples
+    log_q = {i: math.log(3 * p[i].item() + 2 * q[i].item()) for i in candidates}  # B = 3 rows, S = 2 samples
+    total = 0.0
+    for row, target in enumerate(targets.tolist()):  # rows 0 and 2 against 17 and 40 only; row 1 against 5, 5, 40, 5
+        score = {i: float(users[row] @ mixed_model.item_tower(torch.tensor([i]))[0]) for i in candidates}
+        negatives = [score[i] - log_q[i] for i in candidates if i != target]
+        total += cross_entropy_by_hand(score[target] - log_q[target], negatives)
+    assert loss.item() == pytest.approx(total / 3, rel=1e-5)

@@ -1,1 +1,1 @@
-"""The plugin's models: MIND and its single-interest baseline YouTubeDNN."""
+"""The plugin's models: MIND, its single-interest baseline YouTubeDNN, and ComiRec-SA / ComiRec-DR."""

@@ -1,7 +1,11 @@
 """What MIND and YouTubeDNN share: item tower, user profile, ReLU tower, losses and scoring.
 
-A subclass implements :meth:`InterestRecommender.extract_interests` (history -> capsules) and may
-override :meth:`InterestRecommender.training_user_vector` (MIND: label-aware attention).
+A subclass implements :meth:`InterestRecommender.extract_interests` (history -> capsules, their
+mask and routing weights) and may override :meth:`InterestRecommender.training_user_vector` and
+:meth:`InterestRecommender.training_scores` (MIND: label-aware attention). The losses are the
+sampled softmax of :mod:`mind_recbole.model.sampled_softmax` (sampled or mixed negatives, log-Q
+correction, REMI's hard negatives) or the full softmax, plus REMI's routing regularisation
+(:mod:`mind_recbole.model.routing_regularisation`) for models with routing.
 """
 
 import math
@@ -19,6 +23,8 @@ from mind_recbole.model.layers import (
     best_interest,
     max_over_interests,
 )
+from mind_recbole.model.routing_regularisation import routing_regularisation
+from mind_recbole.model.sampled_softmax import log_expected_copies, negative_mask, sampled_softmax
 
 LOSS_TYPES = ("sampled_softmax", "CE")
 
@@ -59,6 +65,19 @@ class ConfigErrors:
         if not _is_int(value) or value < minimum:
             self(key, f"{key} must be an integer >= {minimum}{what}, got {value!r}")
 
+    def require_number(self, key, minimum=0):
+        value = self.config[key]
+        if not _is_number(value) or not math.isfinite(value) or value < minimum:
+            self(key, f"{key} must be a number >= {minimum}, got {value!r}")
+
+    def require_bool(self, key):
+        if not isinstance(self.config[key], bool):
+            self(key, f"{key} must be True or False, got {self.config[key]!r}")
+
+    def user_set(self, key):
+        """True when a config file, ``config_dict`` or the command line set ``key`` (not the defaults)."""
+        return key in (getattr(self.config, "external_config_dict", None) or {})
+
 
 class InterestRecommender(SequentialRecommender):
     """A retrieval model whose user is ``K`` interest vectors and whose item is one vector.
@@ -68,6 +87,7 @@ class InterestRecommender(SequentialRecommender):
     """
 
     interest_num = 1
+    has_routing = False  # True where extract_interests returns routing weights (routing_regularisation needs them)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -82,6 +102,10 @@ class InterestRecommender(SequentialRecommender):
         self.loss_type = config["loss_type"]
         self.num_negatives = config["num_negatives"]
         self.negative_sampling_alpha = config["negative_sampling_alpha"]
+        # None: a config saved before the key existed, or a model without it: the option is off
+        self.in_batch_negatives = config["in_batch_negatives"] or False
+        self.hard_negative_beta = config["hard_negative_beta"] or 0.0
+        self.routing_regularisation_weight = config["routing_regularisation"] or 0.0
         self.score_chunk_size = config["score_chunk_size"]
 
         # layers and loss
@@ -100,7 +124,9 @@ class InterestRecommender(SequentialRecommender):
             self.embedding_size,
             self.dropout_prob,
         )
-        self.register_buffer("negative_log_probs", self._negative_log_probs(dataset), persistent=False)
+        target_counts = torch.bincount(dataset.inter_feat[self.ITEM_ID].long(), minlength=self.n_items).float()
+        self.register_buffer("target_probs", target_counts / target_counts.sum(), persistent=False)  # in-batch p(i)
+        self.register_buffer("negative_log_probs", self._negative_log_probs(target_counts), persistent=False)
         self.register_buffer("negative_probs", self.negative_log_probs.exp(), persistent=False)  # for sampling
 
         # initialisation
@@ -117,8 +143,20 @@ class InterestRecommender(SequentialRecommender):
         if config["loss_type"] not in LOSS_TYPES:
             error("loss_type", f"loss_type must be one of {LOSS_TYPES}, got {config['loss_type']!r}")
         error.require_int("embedding_size", 1)
+        for key, check in (("in_batch_negatives", error.require_bool), ("hard_negative_beta", error.require_number),
+                           ("routing_regularisation", error.require_number)):
+            if config[key] is not None:  # None: off (a config saved before the key existed, a model without it)
+                check(key)
         if config["loss_type"] == "sampled_softmax":
             error.require_int("num_negatives", 1, " for sampled_softmax")
+        for key in ("in_batch_negatives", "hard_negative_beta"):
+            # a default that CE does not use is fine; a user's setting that cannot apply is an error
+            if config["loss_type"] == "CE" and config[key] and error.user_set(key):
+                error(key, f"{key} ({config[key]!r}) is an option of loss_type: sampled_softmax; "
+                           "loss_type: CE scores every item, so it cannot apply")
+        if config["routing_regularisation"] and not cls.has_routing:
+            error("routing_regularisation", f"routing_regularisation needs a routing model; {cls.__name__} "
+                                            f"has no routing weights (got {config['routing_regularisation']!r})")
         error.require_int("score_chunk_size", 1)
         for size in config["tower_hidden_sizes"] or []:
             if not _is_int(size) or size < 1:
@@ -140,33 +178,63 @@ class InterestRecommender(SequentialRecommender):
             nn.init.xavier_normal_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def _negative_log_probs(self, dataset):
+    def _negative_log_probs(self, counts):
         """Log of the negative-sampling distribution ``q(i) ~ (count_i + 1)^alpha``; padding excluded."""
-        counts = torch.bincount(dataset.inter_feat[self.ITEM_ID].long(), minlength=self.n_items).float()
         weights = (counts + 1.0).pow(self.negative_sampling_alpha)
         weights[0] = 0.0
         return torch.log(weights / weights.sum())
 
     # ------------------------------------------------------------------ representations
     def extract_interests(self, history, seq_mask, item_seq_len):
-        """History ``[B, L, D]`` -> capsules ``[B, K, D]`` and interest mask ``[B, K]``."""
+        """History -> capsules, interest mask and routing weights.
+
+        The routing weights are each history position's weight in each interest (0 at padding),
+        or None for a model without routing (:attr:`has_routing` False).
+
+        Shape:
+            - history ``[B, L, D]``, seq_mask ``[B, L]`` bool, item_seq_len ``[B]``.
+            - Output: capsules ``[B, K, D]``, interest_mask ``[B, K]`` bool, routing ``[B, K, L]`` or None.
+        """
         raise NotImplementedError
 
     def forward(self, item_seq, item_seq_len, user_ids=None):
         """Interests ``[B, K, D]`` and their mask ``[B, K]`` (False for inactive interests)."""
+        interests, interest_mask, _ = self._interests_and_routing(item_seq, item_seq_len, user_ids)
+        return interests, interest_mask
+
+    def _interests_and_routing(self, item_seq, item_seq_len, user_ids=None):
+        """:meth:`forward`'s interests and mask, and the routing weights ``[B, K, L]`` (or None) for the loss."""
         seq_mask = item_seq > 0  # [B L]
         history = self.history_dropout(self.item_tower(item_seq))  # [B L D]
-        capsules, interest_mask = self.extract_interests(history, seq_mask, item_seq_len)  # [B K D]
+        capsules, interest_mask, routing = self.extract_interests(history, seq_mask, item_seq_len)  # [B K D]
+        return self.user_tower(capsules, user_ids), interest_mask, routing
+
+    def user_tower(self, capsules, user_ids=None):
+        """Capsules ``[B, K, D]``, each concatenated with the user profile, through the ReLU tower: ``[B, K, D]``."""
         if self.user_profile.output_size:
             profile = self.user_profile(user_ids)  # [B P]
             profile = profile.unsqueeze(1).expand(-1, capsules.shape[1], -1)  # [B K P]
             capsules = torch.cat([capsules, profile], dim=-1)
-        interests = self.tower(capsules)  # [B K D]
-        return interests, interest_mask
+        return self.tower(capsules)  # [B K D]
+
+    # ------------------------------------------------------------------ the served user tower
+    def serving_item_table(self):
+        """``[n_items, D']``: what the eval-mode user tower reads per history item, computed once at
+        export (``export.onnx_export``) instead of per request. Here the item tower (side features
+        pooled); row 0 (padding) is zero."""
+        return self.all_item_vectors()
+
+    def serving_interests(self, rows, item_seq, item_seq_len, user_ids=None):
+        """:meth:`forward` in eval mode from ``rows = serving_item_table()[item_seq]`` ``[B, L, D']``."""
+        capsules, interest_mask = self.extract_interests(rows, item_seq > 0, item_seq_len)[:2]
+        return self.user_tower(capsules, user_ids), interest_mask
+
+    def _user_inputs(self, interaction):
+        user_ids = interaction[self.USER_ID] if self.user_profile.output_size else None
+        return interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], user_ids
 
     def user_interests(self, interaction):
-        user_ids = interaction[self.USER_ID] if self.user_profile.output_size else None
-        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], user_ids)
+        return self.forward(*self._user_inputs(interaction))
 
     def all_item_vectors(self):
         """The item tower over the whole catalogue, ``[n_items, D]`` (row 0 is padding)."""
@@ -182,33 +250,49 @@ class InterestRecommender(SequentialRecommender):
 
     # ------------------------------------------------------------------ training
     def calculate_loss(self, interaction):
-        interests, interest_mask = self.user_interests(interaction)
+        interests, interest_mask, routing = self._interests_and_routing(*self._user_inputs(interaction))
         targets = interaction[self.POS_ITEM_ID]  # [B]
         target_vectors = self.item_tower(targets)  # [B D]
         user_vectors = self.training_user_vector(interests, interest_mask, target_vectors)  # [B D]
         if self.loss_type == "CE":
             logits = self.training_scores(interests, interest_mask, user_vectors, self.all_item_vectors())  # [B N]
             logits[:, 0] = float("-inf")
-            return F.cross_entropy(logits, targets)
-        return self.sampled_softmax_loss(interests, interest_mask, user_vectors, target_vectors, targets)
+            loss = F.cross_entropy(logits, targets)
+        else:
+            loss = self.sampled_softmax_loss(interests, interest_mask, user_vectors, target_vectors, targets)
+        if self.routing_regularisation_weight:
+            loss = loss + self.routing_regularisation_weight * routing_regularisation(routing, self.embedding_size)
+        return loss
 
     def sampled_softmax_loss(self, interests, interest_mask, user_vectors, target_vectors, targets):
-        """Sampled softmax with log-Q correction (Jean et al. 2015; Yi et al. 2019).
+        """Each row's target against ``num_negatives`` shared samples and, with
+        ``in_batch_negatives``, the batch's other targets: log-Q corrected, the row's own target
+        never a negative, REMI's hard-negative weights when ``hard_negative_beta > 0``
+        (:mod:`mind_recbole.model.sampled_softmax`). Every candidate is scored by
+        :meth:`training_scores`, so MIND's ``every_item`` scores it as served.
 
-        ``num_negatives`` items are drawn with replacement from ``q`` and shared by the batch;
-        every logit is corrected by ``-log(num_negatives * q(i))``; a negative equal to the row's
-        target (an accidental hit) is masked out.
+        Shape:
+            - interests ``[B, K, D]``, interest_mask ``[B, K]``, user_vectors ``[B, D]``,
+              target_vectors ``[B, D]``, targets ``[B]``. Output: a scalar.
         """
-        negatives = torch.multinomial(self.negative_probs, self.num_negatives, replacement=True)  # [S]
-        log_sample_count = math.log(self.num_negatives)  # log-Q of item i: log(S q(i)), only where needed
-        positive_logits = (user_vectors * target_vectors).sum(-1) - (
-            self.negative_log_probs[targets] + log_sample_count
-        )  # [B]
-        negative_logits = self.training_scores(interests, interest_mask, user_vectors, self.item_tower(negatives))  # [B S]
-        negative_logits = negative_logits - (self.negative_log_probs[negatives] + log_sample_count)
-        negative_logits = negative_logits.masked_fill(targets.unsqueeze(1) == negatives, float("-inf"))
-        logits = torch.cat([positive_logits.unsqueeze(1), negative_logits], dim=1)  # [B 1+S]
-        return F.cross_entropy(logits, torch.zeros_like(targets))
+        sampled = torch.multinomial(self.negative_probs, self.num_negatives, replacement=True)  # [S]
+        candidates, candidate_vectors = sampled, self.item_tower(sampled)  # [M], [M D]
+        if self.in_batch_negatives:
+            candidates = torch.cat([targets, sampled])  # [B+S]: row b's own target is column b
+            candidate_vectors = torch.cat([target_vectors, candidate_vectors])  # [B+S D]
+        batch_rows = targets.shape[0] if self.in_batch_negatives else 0
+
+        def log_q(items):
+            return log_expected_copies(items, self.target_probs, batch_rows, self.negative_probs, self.num_negatives)
+
+        return sampled_softmax(
+            (user_vectors * target_vectors).sum(-1),  # [B]
+            self.training_scores(interests, interest_mask, user_vectors, candidate_vectors),  # [B M]
+            log_q(targets),
+            log_q(candidates),
+            negative_mask(targets, candidates),
+            self.hard_negative_beta,
+        )
 
     # ------------------------------------------------------------------ what export needs
     @property

@@ -1,9 +1,12 @@
 """Building blocks shared by MIND and YouTubeDNN: feature embeddings, routing, attention, scoring."""
 
 import math
+from collections import namedtuple
 
 import torch
 from torch import nn
+
+BestInterest = namedtuple("BestInterest", "values indices")  # what best_interest returns, as torch.max does
 
 
 class FeatureEmbedding(nn.Module):
@@ -140,7 +143,8 @@ class B2IDynamicRouting(nn.Module):
 
     Shape:
         - behaviours: ``[B, L, D]``; seq_mask: ``[B, L]`` bool; interest_mask: ``[B, K]`` bool.
-        - Output: capsules ``[B, K, D]`` (zero for inactive interests).
+        - Output: capsules ``[B, K, D]`` (zero for inactive interests); :meth:`route` also returns
+          the last iteration's routing weights ``[B, K, L]`` (0 at padding and inactive interests).
     """
 
     def __init__(
@@ -162,8 +166,37 @@ class B2IDynamicRouting(nn.Module):
         return self.eval_routing_logits[:, :seq_len].unsqueeze(0).expand(batch_size, -1, -1)
 
     def forward(self, behaviours, seq_mask, interest_mask):
+        return self.route(behaviours, seq_mask, interest_mask)[0]
+
+    def map_behaviours(self, behaviours):
+        """``S e_j`` for behaviours ``[*, D]``: the only place a behaviour enters routing."""
+        return behaviours @ self.bilinear.transpose(0, 1)
+
+    def route_mapped_eval(self, mapped, interest_mask):
+        """Eval-mode capsules ``[B, K, D]`` from behaviours already mapped by ``S`` (``[B, L, D]``,
+        padded positions exactly 0): :meth:`forward` in eval mode, in a form that exports to a
+        smaller, faster graph (the serving tower of ``mind-recbole export``).
+
+        The same computation, arranged differently: the inactive interests are set to ``-inf`` once
+        in the initial logits (their capsules are zero, so updates leave them at ``-inf``), the
+        softmax over interests is written out (max, exp, sum), and padded positions need no weight
+        mask because their mapped vectors are zero. Needs one active interest per row.
+        """
+        seq_len = mapped.shape[1]
+        inactive = torch.zeros_like(interest_mask, dtype=mapped.dtype).masked_fill(~interest_mask, float("-inf"))  # [B K]
+        logits = self.eval_routing_logits[:, :seq_len].unsqueeze(0) + inactive.unsqueeze(-1)  # [B K L]
+        mapped_t = mapped.transpose(1, 2)  # [B D L]
+        for iteration in range(self.iterations):
+            exp = torch.exp(logits - logits.amax(dim=1, keepdim=True))  # [B K L]
+            capsules = squash((exp / exp.sum(dim=1, keepdim=True)) @ mapped)  # [B K D]
+            if iteration < self.iterations - 1:
+                logits = logits + capsules @ mapped_t  # [B K L]
+        return capsules
+
+    def route(self, behaviours, seq_mask, interest_mask):
+        """Capsules ``[B, K, D]`` and the weights ``w_kj`` ``[B, K, L]`` that built them (see the class)."""
         batch_size, seq_len, _ = behaviours.shape
-        mapped = behaviours @ self.bilinear.transpose(0, 1)  # [B L D]: S e_j
+        mapped = self.map_behaviours(behaviours)  # [B L D]: S e_j
         mapped_for_logits = mapped.detach() if self.detach_logits else mapped
         logits = self.initial_logits(batch_size, seq_len, behaviours)  # [B K L]
         inactive = ~interest_mask.unsqueeze(-1)  # [B K 1]
@@ -176,7 +209,7 @@ class B2IDynamicRouting(nn.Module):
             capsules = squash(weights @ source)  # [B K D]
             if not last:
                 logits = logits + capsules @ source.transpose(1, 2)  # [B K L]
-        return capsules
+        return capsules, weights
 
 
 def attention_weights(scores, interest_mask, power):
@@ -236,9 +269,10 @@ def label_aware_scores(interests, interest_mask, item_vectors, power):
 class HardLabelScores(torch.autograd.Function):
     """``max_k e_i . v_u^k`` over active interests, with gradients, for training over many items.
 
-    Autograd's ``amax`` over a ``[B, K, N]`` tensor spends most of a full-softmax step in its
-    backward; this keeps only the winning interest of each (user, item) (``uint8`` ``[B, N]`` for K < 256) and
-    back-propagates by two matmuls. Same values and gradients as ``amax`` (up to ties).
+    Autograd's ``amax`` over a ``[B, K, N]`` tensor spends most of a step in its backward; this
+    keeps the ``[B, K, N]`` indicator of the winning interests (:func:`interest_winners`, written
+    over the scores' own memory) and back-propagates by two matmuls. Same values and gradients as
+    ``amax``, ties included (a tie shares the gradient evenly).
 
     Shape:
         - interests ``[B, K, D]``, item_vectors ``[N, D]``, interest_mask ``[B, K]`` bool
@@ -249,33 +283,53 @@ class HardLabelScores(torch.autograd.Function):
     def forward(ctx, interests, item_vectors, interest_mask):
         batch_size, interest_num, size = interests.shape
         scores = (interests.reshape(-1, size) @ item_vectors.transpose(0, 1)).view(batch_size, interest_num, -1)
-        best_scores, best = best_interest(scores, interest_mask)  # [B N]
-        ctx.save_for_backward(interests, item_vectors, best.to(torch.uint8) if interest_num < 256 else best)
+        best_scores, winners = interest_winners(scores, interest_mask, in_place=True)  # [B N], [B K N]
+        ctx.save_for_backward(interests, item_vectors, winners.div_(winners.sum(1, keepdim=True)))  # ties share
         return best_scores
 
     @staticmethod
     def backward(ctx, grad):
-        interests, item_vectors, best = ctx.saved_tensors
+        interests, item_vectors, shares = ctx.saved_tensors
         batch_size, interest_num, size = interests.shape
-        routed = grad.new_zeros(batch_size, interest_num, grad.shape[1])  # [B K N]: each item's gradient
-        routed.scatter_(1, best.long().unsqueeze(1), grad.unsqueeze(1))  # goes to the interest that won it
-        routed = routed.view(batch_size * interest_num, -1)
+        routed = (shares * grad.unsqueeze(1)).view(batch_size * interest_num, -1)  # [BK N]: to the winning interest
         grad_interests = (routed @ item_vectors).view_as(interests)
         grad_items = routed.transpose(0, 1) @ interests.reshape(-1, size)
         return grad_interests, grad_items, None
 
 
-def best_interest(scores, interest_mask):
-    """The max over the interest axis of ``scores``, inactive interests left out: the one place the
-    package takes ``max_k`` in torch (the serving side's numpy twin is
-    :func:`export.retrieval.max_over_interests_topk`).
+def interest_winners(scores, interest_mask, in_place=False):
+    """The max over the interest axis of ``scores``, inactive interests left out, and which interests
+    reach it: the one place the package takes ``max_k`` in torch (the serving side's numpy twin is
+    :func:`export.retrieval.max_over_interests_topk`; :func:`best_interest` names the winner).
+
+    ``amax`` and elementwise float operations only (``max`` with indices reduces over the strided
+    interest axis about ten times slower). ``in_place=True`` writes the indicator over ``scores``.
 
     Shape:
         - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row).
-        - Output: ``(values, winning interest)``, each ``[B, *]``.
+        - Output: ``(values [B, *], winners [B, K, *])``, winners 1.0 where interest k reaches the
+          max and 0.0 elsewhere (inactive interests never).
     """
-    inactive = ~interest_mask.view(*interest_mask.shape, *([1] * (scores.dim() - 2)))  # [B K 1...]
-    return scores.masked_fill(inactive, float("-inf")).max(dim=1)
+    blocked = torch.zeros(interest_mask.shape, dtype=scores.dtype, device=scores.device)
+    blocked = blocked.masked_fill_(~interest_mask, float("-inf")).view(*interest_mask.shape, *([1] * (scores.dim() - 2)))
+    masked = scores.add_(blocked) if in_place else scores + blocked  # [B K *]: -inf at inactive interests
+    values = masked.amax(dim=1)  # [B *]
+    return values, masked.sub_(values.unsqueeze(1)).sign_().add_(1)  # score - max is 0 at the max, < 0 elsewhere
+
+
+def best_interest(scores, interest_mask):
+    """The max over the interest axis of ``scores``, inactive interests left out, and the first
+    interest that reaches it (:func:`interest_winners`).
+
+    Shape:
+        - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row).
+        - Output: ``(values, indices)``, each ``[B, *]``.
+    """
+    values, winners = interest_winners(scores, interest_mask)
+    first = torch.zeros_like(values)  # [B *]
+    for k in reversed(range(scores.shape[1])):  # a lower interest reaching the max overwrites a higher one
+        first.addcmul_(winners.select(1, k), k - first)
+    return BestInterest(values, first.long())
 
 
 def max_over_interests(interests, interest_mask, item_vectors, chunk_size=None):

@@ -15,6 +15,11 @@ the *target* (``label_attention: target``). ``label_attention: every_item`` (not
 every scored item attend over the interests as its own label, so that training scores items the
 way serving does (``p = inf``: exactly ``max_k``) and every interest is penalised for the negatives
 it ranks high.
+
+Training options beyond the paper (:mod:`mind_recbole.model.sampled_softmax`,
+:mod:`mind_recbole.model.routing_regularisation`): in-batch negatives mixed with the sampled ones,
+and REMI's interest-aware hard negatives and routing regularisation (Xie et al., RecSys 2023,
+arXiv 2302.14532); the routing weights of the last routing iteration are the matrix RR regularises.
 """
 
 from mind_recbole.config import number_from_text
@@ -38,6 +43,8 @@ def _to_float(value):
 
 class MIND(InterestRecommender):
     """Multi-Interest Network with Dynamic Routing (see the module docstring)."""
+
+    has_routing = True
 
     def __init__(self, config, dataset):
         # parameters from config (the shared ones are read by InterestRecommender)
@@ -80,8 +87,10 @@ class MIND(InterestRecommender):
         if not _is_number(sigma) or not sigma >= 0:
             error("routing_init_std", f"routing_init_std must be >= 0, got {sigma!r}")
         for key in ("fixed_routing_init", "routing_detach_logits"):
-            if not isinstance(config[key], bool):
-                error(key, f"{key} must be True or False, got {config[key]!r}")
+            error.require_bool(key)
+        if config["routing_regularisation"] and config["routing_detach_logits"]:
+            error("routing_detach_logits", "routing_regularisation needs gradients through the routing weights, "
+                                           "which routing_detach_logits: True cuts; set routing_detach_logits: False")
 
     @property
     def max_history_length(self):
@@ -90,8 +99,17 @@ class MIND(InterestRecommender):
 
     def extract_interests(self, history, seq_mask, item_seq_len):
         interest_mask = interest_count_mask(item_seq_len, self.interest_num)  # [B K]
-        capsules = self.routing(history, seq_mask, interest_mask)  # [B K D]
-        return capsules, interest_mask
+        capsules, routing = self.routing.route(history, seq_mask, interest_mask)  # [B K D], [B K L]
+        return capsules, interest_mask, routing
+
+    def serving_item_table(self):
+        """``S e_i`` for every item: the eval tower maps each history item by ``S`` and does nothing else with it."""
+        return self.routing.map_behaviours(super().serving_item_table())  # [n_items D]
+
+    def serving_interests(self, rows, item_seq, item_seq_len, user_ids=None):
+        interest_mask = interest_count_mask(item_seq_len, self.interest_num)  # [B K]
+        capsules = self.routing.route_mapped_eval(rows, interest_mask)  # [B K D]
+        return self.user_tower(capsules, user_ids), interest_mask
 
     def training_user_vector(self, interests, interest_mask, target_vectors):
         return label_aware_attention(interests, interest_mask, target_vectors, self.attention_pow)

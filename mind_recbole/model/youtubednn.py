@@ -23,4 +23,4 @@ class YouTubeDNN(InterestRecommender):
         weights = seq_mask.unsqueeze(-1).to(history.dtype)  # [B L 1]
         pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B D]
         interest_mask = torch.ones_like(item_seq_len, dtype=torch.bool).unsqueeze(1)  # [B 1]
-        return pooled.unsqueeze(1), interest_mask
+        return pooled.unsqueeze(1), interest_mask, None  # no routing
