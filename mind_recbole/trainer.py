@@ -199,18 +199,20 @@ class MindTrainerMixin:
         return torch.cat(results, dim=0)
 
     def _predict_rows(self, interaction):
-        """Each row's score: ``model.predict``, or read off one full ranking per distinct history.
+        """Each row's score: ``model.predict``, or read off one full ranking per distinct history
+        (a general model's, such as Pop, ItemKNN or EASE: per distinct user).
 
         RecBole's ``uni100`` evaluation scores 101 rows per user, re-encoding the same history 101
-        times (minutes for MIND's routing on 22k users). For a model that ranks the catalogue, the
-        score of (history, item) is the number its full ranking gives the item.
+        times (minutes for MIND's routing on 22k users; EASE's ``predict`` gathers a column block of
+        its items x items matrix per batch). For a model that ranks the catalogue, the score of
+        (history, item) is the number its full ranking gives the item.
         """
-        sequence_field = getattr(self.model, "ITEM_SEQ", None)
-        if not self.score_sampled_from_full_ranking or sequence_field is None:
+        ranking_key = getattr(self.model, "ITEM_SEQ", None) or getattr(self.model, "USER_ID", None)
+        if not self.score_sampled_from_full_ranking or ranking_key is None:
             return self.model.predict(interaction)
-        histories, inverse = torch.unique(interaction[sequence_field], dim=0, return_inverse=True)
+        histories, inverse = torch.unique(interaction[ranking_key], dim=0, return_inverse=True)
         rows = torch.arange(len(inverse), device=inverse.device)
         representative = torch.empty(len(histories), dtype=torch.long, device=inverse.device)
         representative.scatter_(0, inverse, rows)  # one row of each distinct history
         scores = self.model.full_sort_predict(interaction[representative]).view(len(histories), -1)  # [H n_items]
-        return scores[inverse, interaction[self.model.ITEM_ID]]  # [rows]
+        return scores[inverse, interaction[self.model.ITEM_ID]].float()  # [rows]; Pop ranks in float64, predicts in float32

@@ -2,10 +2,20 @@
 
 import json
 
+import numpy as np
 import pytest
 
-from mind_recbole.compare.report import aggregate, model_colors, render_markdown
-from mind_recbole.compare.runner import RunRecord, collect_runs, config_hash, data_fingerprint, model_config_files
+from mind_recbole.compare.report import aggregate, model_colors, render_markdown, validation_results
+from mind_recbole.compare.runner import (
+    SEED_SWEEP_MODELS,
+    RunRecord,
+    collect_runs,
+    config_hash,
+    data_fingerprint,
+    model_config_files,
+    run_plan,
+)
+from mind_recbole.compare.significance import PairedTest, PairRow
 from tests.conftest import AMAZON_CONFIG
 
 
@@ -15,6 +25,7 @@ def record(model, seed, recall, group="leave_one_out", protocol="full"):
         results={protocol: {"recall@50": recall, "ndcg@50": recall / 2}},
         valid_scores=[0.1, 0.3, 0.2], epoch_seconds=[2.0, 4.0, 3.0], parameters=1234,
         diagnostics={"interests": 2.0, "interest_cosine": 0.5} if model == "MIND" else {},
+        best_valid={"recall@50": recall + 0.01}, wall_seconds=90.0,
     )
 
 
@@ -34,12 +45,65 @@ def test_markdown_has_tables_leader_cost_and_diagnostics():
     assert "| Pop | 0.1000 | 0.0500 |" in text
     assert "First in recall@50: **MIND** (0.3000), then Pop (0.1000); MIND leads by +0.2000 (+200.0%)." in text
     assert "First in recall@50: **YouTubeDNN** (0.0700), then MIND (0.0500); MIND 0.0500 (-28.6% against the leader)." in text
-    assert "| MIND | 3.0 | 3.0 | 2.0 | 1,234 |" in text  # 3 s per epoch, 3 epochs, best at the 2nd
+    assert "| MIND | 3.0 | 3.0 | 2.0 | 1.5 | 1,234 |" in text  # 3 s per epoch, 3 epochs, best at the 2nd, 90 s
     assert "| MIND | 2.000 | 0.500 |" in text
     assert "(5 trainings, 10 min of training and evaluation wall time" in text
+    assert "Seeds: 2020" not in text and "Seeds: 1, 2 (MIND); 1 (the others);" in text
     assert "Not in these tables" not in text
     partial = render_markdown("d", records, aggregate(records), [], [], "c", 60, None, ["DIN (leave_one_out)"])
     assert "**Not in these tables** (asked for, no finished run in `d-runs/`): DIN (leave_one_out)." in partial
+
+
+def test_protocols_without_a_place_for_a_model_show_n_a_and_say_why():
+    records = [record("MIND", 1, 0.2), record("DIN", 1, 0.8, protocol="sampled"), record("EASE", 1, 0.3),
+               record("MIND", 1, 0.05, "multi_interest", "multi_interest")]
+    text = render_markdown("d", records, aggregate(records), [], [], "c", 60, None)
+    full = text.split("## Leave-one-out, full ranking")[1].split("##")[0]
+    assert "| EASE | 0.3000 | 0.1500 |" in full and "| DIN | n/a | n/a |" in full
+    assert "n/a: DIN: scores given (user, item) pairs: cannot rank the catalogue." in full
+    multi = text.split("## Multi-interest protocol (ComiRec)")[1].split("##")[0]
+    assert "| EASE | n/a | n/a |" in multi and "| DIN | n/a | n/a |" in multi
+    assert "EASE: scores users by their row of the training matrix: held-out users have none" in multi
+    sampled = text.split("## Leave-one-out, target among 100 sampled negatives")[1].split("##")[0]
+    assert "n/a" not in sampled  # every model ranks sampled negatives
+    assert "ItemKNN and EASE are n/a: RecBole's implementations score a user by the user's row" in text
+
+
+def test_paired_tests_are_rendered_per_protocol_with_n_a_for_runs_without_per_user_values():
+    records = [record("MIND", 1, 0.2), record("Pop", 1, 0.1), record("SASRec", 1, 0.19)]
+    paired = [PairRow("full", "Pop", "recall@50", PairedTest(0.1, 0.08, 0.12, 2 / 10_001, 3e-9, 22_363)),
+              PairRow("full", "SASRec", "recall@50", note="n/a (run predates per-user results: SASRec seed 1)")]
+    text = render_markdown("d", records, aggregate(records), [], [], "c", 60, None, paired=paired)
+    section = text.split("## Paired tests: MIND against each model")[1].split("## Training cost")[0]
+    assert "### Leave-one-out, full ranking" in section and "10,000 resamples" in section
+    assert "| MIND vs Pop | recall@50 | +0.1000 | [+0.0800, +0.1200] | 2.0e-04 | 3.0e-09 | 22,363 |" in section
+    assert "| MIND vs SASRec | recall@50 | n/a (run predates per-user results: SASRec seed 1) | | | | |" in section
+
+
+def test_validation_report_shows_best_validation_only():
+    records = [record("MIND", 1, 0.2).without_test(), record("DIN", 1, 0.8, protocol="sampled").without_test(),
+               record("MIND", 1, 0.05, "multi_interest", "multi_interest").without_test()]
+    assert validation_results(records[1]) == {"valid_sampled": {"recall@50": 0.81}}  # DIN validates on sampled
+    table = aggregate(records, validation_results)
+    assert set(table) == {"valid_full", "valid_sampled", "valid_multi_interest"}
+    text = render_markdown("d", records, table, [], [], "c", 60, None, valid_only=True)
+    assert text.startswith("# d: MIND against the baselines, validation only")
+    assert "## Validation split, best epoch: leave-one-out, full ranking" in text
+    assert "| MIND | 0.2100 |" in text and "0.2000" not in text  # the best validation, never the test result
+    assert "Interest diagnostics" not in text and "all of them in `d-valid.json`" in text
+
+
+def test_seeds_go_to_the_contenders_and_one_to_every_other_model():
+    plan = run_plan(["MIND", "Pop", "EASE", "DIN"], ["leave_one_out", "multi_interest"], seeds=3)
+    assert plan == [
+        ("MIND", 2020, "leave_one_out"), ("MIND", 2021, "leave_one_out"), ("MIND", 2022, "leave_one_out"),
+        ("Pop", 2020, "leave_one_out"), ("EASE", 2020, "leave_one_out"), ("DIN", 2020, "leave_one_out"),
+        ("MIND", 2020, "multi_interest"), ("MIND", 2021, "multi_interest"), ("MIND", 2022, "multi_interest"),
+        ("Pop", 2020, "multi_interest"),  # EASE and DIN have no place in the multi-interest protocol
+    ]
+    assert run_plan(["MIND", "Pop"], ["leave_one_out"], seeds=2, base_seed=7, seed_models=["Pop"]) == [
+        ("MIND", 7, "leave_one_out"), ("Pop", 7, "leave_one_out"), ("Pop", 8, "leave_one_out")]
+    assert {"MIND", "YouTubeDNN", "SASRec", "SINE", "ComiRecSA", "ComiRecDR"} == set(SEED_SWEEP_MODELS)
 
 
 def test_config_hash_follows_settings_and_overrides_not_comments(tmp_path):
@@ -127,16 +191,17 @@ def test_compare_end_to_end_on_beauty_mini(beauty_mini_path, tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)  # RecBole writes saved/ and log/ into the working directory
     messages = []
-    overrides = {**SMALL, "data_path": str(beauty_mini_path)}
+    overrides = {**SMALL, "data_path": str(beauty_mini_path), "checkpoint_dir": str(tmp_path / "saved")}
+    models = ["MIND", "DIN", "Pop", "ItemKNN", "EASE"]
     paths = compare(
-        "amazon-beauty-mini", ["MIND", "DIN", "Pop"], [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
+        "amazon-beauty-mini", models, [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
         overrides=overrides, log=messages.append,
     )
     payload = json.loads(paths["json"].read_text())
     protocols = payload["protocols"]
-    assert set(protocols["full"]) == {"MIND", "Pop"}  # DIN cannot rank the catalogue
-    assert set(protocols["sampled"]) == {"MIND", "DIN", "Pop"}
-    assert set(protocols["multi_interest"]) == {"MIND", "Pop"}
+    assert set(protocols["full"]) == {"MIND", "Pop", "ItemKNN", "EASE"}  # DIN cannot rank the catalogue
+    assert set(protocols["sampled"]) == set(models)
+    assert set(protocols["multi_interest"]) == {"MIND", "Pop"}  # nor can ItemKNN and EASE score held-out users
     for protocol, by_model in protocols.items():
         for model, metrics in by_model.items():
             assert 0.0 <= metrics["recall@50"] <= 1.0, (protocol, model)
@@ -147,11 +212,30 @@ def test_compare_end_to_end_on_beauty_mini(beauty_mini_path, tmp_path, monkeypat
     assert runs[("MIND", "multi_interest")]["diagnostics"]["test_users"] > 0
     text = paths["md"].read_text()
     assert "## Multi-interest protocol (ComiRec)" in text and "| users | 1,137 |" in text
+    assert "| EASE | n/a | n/a | n/a | n/a | n/a | n/a |" in text
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
+    for run in payload["runs"]:  # each user's values average to the run's reported numbers
+        name = f"{run['model']}-{run['group']}-seed{run['seed']}.users.npz"
+        with np.load(tmp_path / "results" / "amazon-beauty-mini-runs" / name) as users:
+            assert str(users["config_hash"]) == run["config_hash"]
+            for protocol, metrics in run["results"].items():
+                count = 1137 if run["group"] == "leave_one_out" else run["diagnostics"]["test_users"]
+                assert len(set(users[f"{protocol}.users"])) == count
+                for metric, value in metrics.items():  # RecBole rounds to 4 decimals
+                    assert users[f"{protocol}.{metric}"].mean() == pytest.approx(value, abs=5e-5), (name, metric)
+    pairs = {(row["protocol"], row["model"], row["metric"]): row for row in payload["paired_tests"]}
+    assert {(p, m) for p, m, _ in pairs} == {
+        *(("full", m) for m in ("Pop", "ItemKNN", "EASE")), *(("sampled", m) for m in ("DIN", "Pop", "ItemKNN", "EASE")),
+        ("multi_interest", "Pop")}
+    pop = pairs[("full", "Pop", "recall@50")]["test"]
+    mind_minus_pop = protocols["full"]["MIND"]["recall@50"] - protocols["full"]["Pop"]["recall@50"]
+    assert pop["users"] == 1137 and pop["mean_difference"] == pytest.approx(mind_minus_pop, abs=1e-4)
+    assert 0 < pop["p_bootstrap"] <= 1 and pop["ci_low"] <= pop["mean_difference"] <= pop["ci_high"]
+
     messages.clear()
-    compare("amazon-beauty-mini", ["MIND", "DIN", "Pop"], [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
+    compare("amazon-beauty-mini", models, [AMAZON_CONFIG], seeds=1, out=tmp_path / "results",
                    overrides=overrides, log=messages.append)
-    assert sum("reused" in m for m in messages) == 5 and not any(": training" in m for m in messages)
+    assert sum("reused" in m for m in messages) == 7 and not any(": training" in m for m in messages)
     assert not any("not recorded" in m for m in messages)
     assert {r["data_fingerprint"] for r in payload["runs"]} == {data_fingerprint(beauty_mini_path / "amazon-beauty-mini", "amazon-beauty-mini")}

@@ -1,18 +1,15 @@
-"""``mind-recbole compare`` resumes a run stopped part-way from its last checkpoint."""
+"""``mind-recbole compare`` resumes a run stopped part-way from its last checkpoint (tested through the command)."""
 
 import json
 
+import numpy as np
 import pytest
 
 from mind_recbole.compare import progress as run_progress
 from mind_recbole.compare.progress import PartialRun, partial_path, read_partial, write_partial
-from mind_recbole.compare.runner import PROTOCOL_GROUPS, collect_runs
-from tests.conftest import AMAZON_CONFIG
-
-OVERRIDES = {
-    "epochs": 3, "MAX_ITEM_LIST_LENGTH": 20, "embedding_size": 16, "num_negatives": 64, "train_batch_size": 512,
-    "state": "WARNING", "use_gpu": False,
-}
+from mind_recbole.compare.runner import PROTOCOL_GROUPS
+from mind_recbole.trainer import MindTrainerMixin
+from tests.test_compare_cache import compare, workdir  # noqa: F401 - workdir is a fixture
 
 
 def partial(checkpoint, epoch=0, epochs=3, config_hash="h", fingerprint="f"):
@@ -48,51 +45,60 @@ def test_a_partial_run_is_resumed_only_on_its_settings_files_and_checkpoint(tmp_
     assert not list(tmp_path.glob(".*tmp*"))  # written under a temporary name, then renamed
 
 
-class Stop(Exception):
-    """Stands for the process being killed."""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("group", PROTOCOL_GROUPS)
-def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(
-    beauty_mini_path, tmp_path, monkeypatch, group
+def test_a_run_stopped_after_its_second_epoch_resumes_there_and_ends_as_an_uninterrupted_one(
+    workdir, capsys, monkeypatch, group
 ):
-    monkeypatch.chdir(tmp_path)  # RecBole writes saved/ and log/ into the working directory
-    overrides = {**OVERRIDES, "data_path": str(beauty_mini_path)}
+    epochs_run = []
+    train_epoch = MindTrainerMixin._train_epoch
 
-    def run(out, messages):
-        return collect_runs("amazon-beauty-mini", ["MIND"], [str(AMAZON_CONFIG)], seeds=1, out=tmp_path / out,
-                       groups=[group], overrides=overrides, log=messages.append)
+    def recording(self, train_data, epoch_idx, *args, **kwargs):
+        epochs_run.append(epoch_idx)
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
 
-    (uninterrupted,) = run("whole", [])
-    assert len(uninterrupted.valid_scores) == 3
+    monkeypatch.setattr(MindTrainerMixin, "_train_epoch", recording)
+
+    def run(out):
+        epochs_run.clear()
+        # learning rate 0.01: every validation of this tiny MIND improves, so each epoch writes a checkpoint
+        return compare(workdir, capsys, "--epochs=4", "--learning_rate=0.01", models="MIND", protocols=group, out=out)
+
+    def run_files(out):
+        path = workdir / out / "amazon-beauty-mini-runs" / f"MIND-{group}-seed2020.json"
+        return path, path.with_name(f"{path.stem}.partial.json"), path.with_name(f"{path.stem}.users.npz")
+
+    assert run("whole")[0] == 0 and epochs_run == [0, 1, 2, 3]
+    whole_file, _, whole_users = run_files("whole")
+    uninterrupted = json.loads(whole_file.read_text())
 
     save = run_progress.RunProgress.save
 
-    def save_then_stop(self, *args):
-        save(self, *args)
-        raise Stop  # killed right after the first checkpoint (epoch 0's: a first validation always improves)
+    def save_then_stop(self, checkpoint, epoch, *args):
+        save(self, checkpoint, epoch, *args)
+        if epoch == 1:  # killed right after the second epoch's checkpoint
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(run_progress.RunProgress, "save", save_then_stop)
-    with pytest.raises(Stop):
-        run("parts", [])
+    status, lines = run("parts")
+    assert (status, lines[-1]) == (130, "mind-recbole compare: interrupted") and epochs_run == [0, 1]
     monkeypatch.setattr(run_progress.RunProgress, "save", save)
-    run_dir = tmp_path / "parts" / "amazon-beauty-mini-runs"
-    partial_file = run_dir / f"MIND-{group}-seed2020.partial.json"
+    run_file, partial_file, users_file = run_files("parts")
     stopped = json.loads(partial_file.read_text())
-    assert stopped["epoch"] == 0 and len(stopped["valid_scores"]) == len(stopped["epoch_seconds"]) == 1
-    assert not (run_dir / f"MIND-{group}-seed2020.json").exists()
+    assert stopped["epoch"] == 1 and len(stopped["valid_scores"]) == len(stopped["epoch_seconds"]) == 2
+    assert not run_file.exists() and not users_file.exists()
 
-    messages = []
-    (resumed,) = run("parts", messages)
-    assert messages[0] == (f"[1/1] MIND {group} seed 2020: resuming from {stopped['checkpoint']} "
-                           f"(epochs 0-0 done, {stopped['wall_seconds'] / 60:.1f} min)")
-    assert resumed.valid_scores == uninterrupted.valid_scores  # epochs 1 and 2 trained as if never stopped
-    assert resumed.best_valid == uninterrupted.best_valid
-    assert resumed.results == uninterrupted.results
-    assert resumed.diagnostics == uninterrupted.diagnostics
-    assert len(resumed.epoch_seconds) == 3 and resumed.epoch_seconds[0] == stopped["epoch_seconds"][0]
-    assert resumed.wall_seconds > stopped["wall_seconds"]
-    assert resumed.saved_model_file == stopped["checkpoint"]
+    status, lines = run("parts")
+    assert status == 0 and epochs_run == [2, 3]  # only the epochs after the checkpoint
+    assert lines[0] == (f"[1/1] MIND {group} seed 2020: resuming from {stopped['checkpoint']} "
+                        f"(epochs 0-1 done, {stopped['wall_seconds'] / 60:.1f} min)")
+    resumed = json.loads(run_file.read_text())
+    for key in ("valid_scores", "best_valid", "results", "diagnostics"):
+        assert resumed[key] == uninterrupted[key], key  # as if never stopped
+    assert len(resumed["epoch_seconds"]) == 4 and resumed["epoch_seconds"][:2] == stopped["epoch_seconds"]
+    assert resumed["wall_seconds"] > stopped["wall_seconds"]
+    assert resumed["saved_model_file"] == stopped["checkpoint"]
     assert not partial_file.exists()  # the run is finished: its result replaces the partial file
-    assert json.loads((run_dir / f"MIND-{group}-seed2020.json").read_text())["valid_scores"] == resumed.valid_scores
+    with np.load(users_file) as after, np.load(whole_users) as before:
+        assert sorted(after.files) == sorted(before.files)
+        assert all(np.array_equal(after[name], before[name]) for name in before.files)

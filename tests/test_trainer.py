@@ -73,13 +73,15 @@ def test_held_out_validation_needs_a_metric_the_protocol_reports(beauty_mini_dat
     assert trainer.latest_valid_result is result
 
 
-@pytest.mark.parametrize("name", ["MIND", "SASRec"])
+@pytest.mark.parametrize("name", ["MIND", "SASRec", "Pop", "ItemKNN", "EASE"])  # the last three: one ranking per user
 def test_sampled_scores_from_the_full_ranking_equal_predict(beauty_mini_data, tmp_path, name):
     from recbole.data.interaction import Interaction
 
     trainer, _, dataset, test_data = trainer_for(name, beauty_mini_data, tmp_path, hidden_size=16, inner_size=32,
                                                  train_neg_sample_args=None)
     model = trainer.model.eval()
+    if name == "Pop":
+        model.calculate_loss(next(iter(beauty_mini_data[2])))  # counts one training batch's items
     users = next(iter(test_data))[0][:5]
     items = torch.randint(1, dataset.item_num, (5, 7))
     rows = Interaction({k: v.repeat_interleave(7, dim=0) for k, v in users.interaction.items()})
@@ -88,8 +90,10 @@ def test_sampled_scores_from_the_full_ranking_equal_predict(beauty_mini_data, tm
         expected = trainer._predict_rows(rows)  # the flag is off: model.predict
         torch.testing.assert_close(expected, model.predict(rows), rtol=0, atol=0)
         trainer.score_sampled_from_full_ranking = True
-        fast = trainer._predict_rows(rows)
-        split = trainer._spilt_predict(rows, len(rows))  # blocks of eval_batch_size, as RecBole splits
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(model), "predict", lambda *_: pytest.fail("scored row by row"))
+            fast = trainer._predict_rows(rows)
+            split = trainer._spilt_predict(rows, len(rows))  # blocks of eval_batch_size, as RecBole splits
     torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(split, fast, rtol=1e-5, atol=1e-5)
 

@@ -4,9 +4,17 @@ import time
 from pathlib import Path
 
 from mind_recbole.compare.report import write_report
-from mind_recbole.compare.runner import CTR_MODELS, DEFAULT_MODELS, PROTOCOL_GROUPS, collect_runs
+from mind_recbole.compare.runner import (
+    DEFAULT_MODELS,
+    PROTOCOL_GROUPS,
+    SEED_SWEEP_MODELS,
+    collect_runs,
+    first_seed,
+    run_plan,
+)
+from mind_recbole.compare.significance import paired_tests
 
-__all__ = ["DEFAULT_MODELS", "PROTOCOL_GROUPS", "compare", "dataset_statistics", "compare"]
+__all__ = ["DEFAULT_MODELS", "PROTOCOL_GROUPS", "SEED_SWEEP_MODELS", "compare", "dataset_statistics"]
 
 
 def dataset_statistics(dataset, config_files, overrides=None):
@@ -35,22 +43,23 @@ def dataset_statistics(dataset, config_files, overrides=None):
     ]
 
 
-def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results",
-                   groups=PROTOCOL_GROUPS, overrides=None, rerun=False, command="", log=print,
-                   report_only=False, config_dir="configs"):
-    """Train / reuse every run, then write ``OUT/DATASET.md``, ``.json`` and ``.png``; their paths."""
+def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results", groups=PROTOCOL_GROUPS,
+            overrides=None, rerun=False, command="", log=print, report_only=False, config_dir="configs",
+            seed_models=SEED_SWEEP_MODELS, valid_only=False):
+    """Train / reuse every run, then write ``OUT/DATASET.md``, ``.json`` and ``.png`` (``DATASET-valid.*``
+    when ``valid_only``); their paths. ``seeds`` seeds for ``seed_models``, one for the other models."""
     started = time.perf_counter()
     records = collect_runs(dataset, models, config_files, seeds, out, groups, overrides, rerun=rerun, log=log,
-                      report_only=report_only, config_dir=config_dir)
+                           report_only=report_only, config_dir=config_dir, seed_models=seed_models,
+                           valid_only=valid_only)
     if not records:
         raise ValueError(f"no runs of {dataset} in {out}: nothing to report")
     trained = sum(r.wall_seconds for r in records)
     rows = dataset_statistics(dataset, config_files, overrides)
-    done = {(r.model, r.group, r.seed) for r in records}
-    seed_list = sorted({r.seed for r in records})
-    missing = [f"{m} ({g})" for g in groups for m in models
-               if m not in CTR_MODELS or g != "multi_interest"
-               if any((m, g, s) not in done for s in seed_list)]
-    paths = write_report(dataset, records, out, config_files, rows, command, trained, missing)
+    done = {(r.model, r.seed, r.group) for r in records}
+    plan = run_plan(models, groups, seeds, first_seed(dict(overrides or {})), seed_models)
+    missing = list(dict.fromkeys(f"{m} ({g})" for m, s, g in plan if (m, s, g) not in done))
+    paired = [] if valid_only else paired_tests(records, Path(out) / f"{dataset}-runs")
+    paths = write_report(dataset, records, out, config_files, rows, command, trained, missing, paired, valid_only)
     log(f"compare: {len(records)} runs, {(time.perf_counter() - started) / 60:.1f} min in this call")
     return paths

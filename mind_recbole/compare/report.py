@@ -1,15 +1,21 @@
 """``results/NAME.md``, ``results/NAME.json`` and ``results/NAME.png`` from the comparison's runs.
 
 The page follows RecBole's own results pages: the setting, the YAML used, dataset statistics, then
-one table per protocol (mean ± std over seeds), training cost, and the interest diagnostics.
+one table per protocol (mean ± std over seeds; "n/a" for a model the protocol has no place for),
+paired tests of MIND against each model (:mod:`mind_recbole.compare.significance`), training cost,
+and the interest diagnostics. A valid-only comparison writes ``NAME-valid.md`` / ``.json`` /
+``.png`` instead: the best validation results, nothing of the test split.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 
 from mind_recbole.atomic_write import replaced_on_success, write_json, write_text
+from mind_recbole.compare.runner import CTR_MODELS, USER_ROW_MODELS
+from mind_recbole.compare.significance import REFERENCE, RESAMPLES, format_p
 
 PROTOCOLS = {
     "full": "Leave-one-out, full ranking",
@@ -21,8 +27,7 @@ PROTOCOL_TEXT = {
         "Each user's last interaction (by time) is the test target, the one before it validates; the "
         "model ranks **every item** of the catalogue (as RecBole does, a general model such as Pop has the "
         "user's past items removed from its list, a sequential model does not). Recall@N equals "
-        "Hit@N here (one target per user). DIN cannot rank the catalogue (it scores given pairs) "
-        "and is absent."
+        "Hit@N here (one target per user). DIN cannot rank the catalogue (it scores given pairs): n/a."
     ),
     "sampled": (
         "The same trained models and test targets, but each target is ranked against **100 items "
@@ -35,9 +40,13 @@ PROTOCOL_TEXT = {
         "user the first 80 % of the sequence is the history and **all remaining 20 %** are targets; "
         "the model ranks the whole catalogue once. Recall@N = found targets / targets, NDCG with the "
         "ideal DCG of min(N, targets) hits, Hit@N = at least one target found; validation users "
-        "drive early stopping, test users are reported. The setting of ComiRec (Cen et al., KDD 2020)."
+        "drive early stopping, test users are reported. The setting of ComiRec (Cen et al., KDD 2020). "
+        "ItemKNN and EASE are n/a: RecBole's implementations score a user by the user's row of the "
+        "training interaction matrix, and a held-out user has none (both are item-item models that "
+        "could score a new history folded in; RecBole's do not)."
     ),
 }
+VALIDATION_TITLE = "Validation split, best epoch: "
 METRIC_ORDER = ("recall", "ndcg", "hit", "mrr")
 DIAGNOSTICS = (
     ("interests", "active interests K'_u"),
@@ -49,11 +58,40 @@ DIAGNOSTICS = (
 )
 
 
-def aggregate(records):
-    """``{protocol: {model: {metric: (mean, std, n)}}}`` over seeds."""
+def no_place(model, protocol):
+    """Why ``protocol`` (or its ``valid_`` form) has no place for ``model``; None when it has."""
+    protocol = protocol.removeprefix("valid_")
+    if model in CTR_MODELS and protocol != "sampled":
+        return "scores given (user, item) pairs: cannot rank the catalogue"
+    if model in USER_ROW_MODELS and protocol == "multi_interest":
+        return "scores users by their row of the training matrix: held-out users have none"
+    return None
+
+
+def protocol_title(key):
+    """The title of a protocol's table: ``full``, ``sampled``, ``multi_interest`` or their ``valid_`` forms."""
+    protocol = key.removeprefix("valid_")
+    if protocol == key:
+        return PROTOCOLS[key]
+    return VALIDATION_TITLE + PROTOCOLS[protocol][0].lower() + PROTOCOLS[protocol][1:]
+
+
+def validation_results(record):
+    """A run's best validation result under its protocol's name with a ``valid_`` prefix (DIN
+    validates on sampled negatives, the other leave-one-out runs on full ranking)."""
+    if record.group == "multi_interest":
+        protocol = "multi_interest"
+    else:
+        protocol = "sampled" if record.model in CTR_MODELS else "full"
+    return {f"valid_{protocol}": record.best_valid} if record.best_valid else {}
+
+
+def aggregate(records, results_of=lambda record: record.results):
+    """``{protocol: {model: {metric: (mean, std, n)}}}`` over seeds, of ``results_of(record)``
+    (protocol -> metric -> value; default: the test results)."""
     values = {}
     for record in records:
-        for protocol, metrics in record.results.items():
+        for protocol, metrics in results_of(record).items():
             for metric, value in metrics.items():
                 values.setdefault(protocol, {}).setdefault(record.model, {}).setdefault(metric, []).append(value)
     return {
@@ -66,60 +104,78 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
-def write_report(dataset, records, out, config_files, statistics_rows, command, elapsed_seconds, missing=()):
-    """Write the three files; return their paths."""
+def report_name(dataset, valid_only=False):
+    """The report's file name stem: ``DATASET``, or ``DATASET-valid`` for a valid-only comparison."""
+    return f"{dataset}-valid" if valid_only else dataset
+
+
+def write_report(dataset, records, out, config_files, statistics_rows, command, elapsed_seconds, missing=(),
+                 paired=(), valid_only=False):
+    """Write the three files (``paired``: :class:`~mind_recbole.compare.significance.PairRow` list);
+    return their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = aggregate(records)
+    table = aggregate(records, validation_results) if valid_only else aggregate(records)
+    stem = report_name(dataset, valid_only)
     paths = {
-        "json": write_json(out / f"{dataset}.json", _json_payload(dataset, records, table)),
-        "png": plot_recall(dataset, table, out / f"{dataset}.png"),
+        "json": write_json(out / f"{stem}.json", _json_payload(dataset, records, table, paired, valid_only)),
+        "png": plot_recall(dataset, table, out / f"{stem}.png"),
     }
     markdown = render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds,
-                               paths["png"], missing)
-    paths["md"] = write_text(out / f"{dataset}.md", markdown)
+                               paths["png"], missing, paired, valid_only)
+    paths["md"] = write_text(out / f"{stem}.md", markdown)
     return paths
 
 
-def _json_payload(dataset, records, table):
+def _json_payload(dataset, records, table, paired=(), valid_only=False):
     def column(index):  # 0: mean, 1: std
         return {p: {m: {k: v[index] for k, v in metrics.items()} for m, metrics in by_model.items()}
                 for p, by_model in table.items()}
 
-    return {"dataset": dataset, "protocols": column(0), "std": column(1), "runs": [r.to_json() for r in records]}
+    return {"dataset": dataset, "valid_only": valid_only, "protocols": column(0), "std": column(1),
+            "paired_tests": [asdict(row) for row in paired], "runs": [r.to_json() for r in records]}
 
 
 def render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds, plot,
-                    missing=()):
-    seeds = sorted({r.seed for r in records})
+                    missing=(), paired=(), valid_only=False):
     lines = [
-        f"# {dataset}: MIND against the baselines",
+        f"# {dataset}: MIND against the baselines" + (", validation only" if valid_only else ""),
         "",
         f"Command: `{command}` ({len(records)} trainings, {elapsed_seconds / 60:.0f} min of training "
-        f"and evaluation wall time on this machine). Seeds: {', '.join(map(str, seeds))}; "
+        f"and evaluation wall time on this machine). Seeds: {_seed_text(records)}; "
         "tables give mean ± std over seeds. Each run's raw numbers are in "
-        f"`{dataset}-runs/`, all of them in `{dataset}.json`.",
+        f"`{dataset}-runs/`, all of them in `{report_name(dataset, valid_only)}.json`.",
         "",
     ]
+    if valid_only:
+        lines += ["Validation results only (`--valid-only`): each run's best validation epoch. The test split "
+                  "was not evaluated (and the test results of tested runs reused here are left out).", ""]
     lines += _data_lines(records)
     if missing:
         lines += [f"**Not in these tables** (asked for, no finished run in `{dataset}-runs/`): {', '.join(missing)}.", ""]
     lines += ["## Setting", ""]
     for protocol, text in PROTOCOL_TEXT.items():
-        if protocol in table:
+        if protocol in table or f"valid_{protocol}" in table:
             lines += [f"- **{PROTOCOLS[protocol]}**: {text}"]
     lines += ["", "## Dataset", "", "| statistic | value |", "| --- | ---: |"]
     lines += [f"| {name} | {value} |" for name, value in statistics_rows]
+    models = _unique(r.model for r in records)
     for protocol in PROTOCOLS:
-        if protocol in table:
-            lines += ["", f"## {PROTOCOLS[protocol]}", "", *_metric_table(table[protocol])]
-            best = _leader(table[protocol], "recall@50")
+        key = f"valid_{protocol}" if valid_only else protocol
+        if key in table:
+            lines += ["", f"## {protocol_title(key)}", "", *_metric_table(table[key], models, protocol)]
+            best = _leader(table[key], "recall@50")
             if best:
                 lines += ["", best]
+    if paired:
+        lines += ["", f"## Paired tests: {REFERENCE} against each model", "", *_paired_tables(paired)]
     lines += ["", "## Training cost (leave-one-out runs)", "", *_cost_table(records), "",
               "Seconds per epoch are the wall time each run saw; runs that shared the machine with others "
-              "are slower than alone (clean speed figures come from `benchmarks/`)."]
-    lines += ["", "## Interest diagnostics (leave-one-out test users)", "", *_diagnostics_table(records)]
+              "are slower than alone (clean speed figures come from `benchmarks/`). Minutes per run include "
+              "building the model (all of ItemKNN's and EASE's fitting: their one epoch does nothing) and "
+              "evaluation."]
+    if not valid_only:
+        lines += ["", "## Interest diagnostics (leave-one-out test users)", "", *_diagnostics_table(records)]
     if plot:
         lines += ["", f"![Recall@N per model]({Path(plot).name})"]
     lines += ["", "## Configuration", ""]
@@ -128,13 +184,58 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _seed_text(records):
+    """``2020, 2021, 2022 (MIND, SASRec); 2020 (the others)``, or the seeds alone when every model had them."""
+    by_model = {}
+    for record in records:
+        by_model.setdefault(record.model, set()).add(record.seed)
+    groups = {}
+    for model, seeds in by_model.items():
+        groups.setdefault(tuple(sorted(seeds)), []).append(model)
+    if len(groups) <= 1:
+        return ", ".join(map(str, next(iter(groups), ())))
+    ordered = sorted(groups.items(), key=lambda item: -len(item[0]))
+    parts = [f"{', '.join(map(str, seeds))} ({', '.join(models)})" for seeds, models in ordered[:-1]]
+    seeds, _ = ordered[-1]
+    return "; ".join([*parts, f"{', '.join(map(str, seeds))} (the others)"])
+
+
+def _paired_tables(paired):
+    """One table per protocol of :class:`~mind_recbole.compare.significance.PairRow`."""
+    lines = [
+        f"Per test user, each model's value averaged over its seeds; users scored by both models only. "
+        f"Mean difference {REFERENCE} minus the other, its 95 % interval and two-sided p-value from a paired "
+        f"bootstrap over users ({RESAMPLES:,} resamples, fixed seed), and Wilcoxon's signed-rank p-value "
+        "(zero differences dropped) as a second opinion. Full ranking: Recall@50 is Hit@50 (one target).",
+    ]
+    for protocol, title in PROTOCOLS.items():
+        rows = [row for row in paired if row.protocol == protocol]
+        if not rows:
+            continue
+        lines += ["", f"### {title}", "",
+                  "| pair | metric | mean difference | 95 % CI | p (bootstrap) | p (Wilcoxon) | users |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for row in rows:
+            pair = f"{REFERENCE} vs {row.model}"
+            test = row.test
+            if test is None:
+                lines.append(f"| {pair} | {row.metric} | {row.note} | | | | |")
+                continue
+            lines.append(
+                f"| {pair} | {row.metric} | {test.mean_difference:+.4f} | [{test.ci_low:+.4f}, {test.ci_high:+.4f}] "
+                f"| {format_p(test.p_bootstrap)} | {format_p(test.p_wilcoxon)} | {test.users:,} |"
+            )
+    return lines
+
+
 def _data_lines(records):
     """Which atomic files the runs were trained on (:func:`~mind_recbole.compare.runner.data_fingerprint`)."""
     fingerprints = _unique(r.data_fingerprint for r in records)
     return [f"Atomic files: SHA-256 `{'`, `'.join(fingerprints)}` ({len(records)} runs).", ""]
 
 
-def _metric_table(by_model):
+def _metric_table(by_model, models=(), protocol=""):
+    """Models ranked by recall@50, then an n/a row for each of ``models`` that ``protocol`` has no place for."""
     metrics = sorted({m for metrics in by_model.values() for m in metrics}, key=_metric_key)
     lines = ["| model | " + " | ".join(metrics) + " |", "| --- |" + " ---: |" * len(metrics)]
     ranked = sorted(by_model, key=lambda m: -by_model[m].get("recall@50", (0,))[0])
@@ -144,7 +245,10 @@ def _metric_table(by_model):
             mean, std, n = by_model[model].get(metric, (float("nan"), 0.0, 0))
             cells.append(f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return lines
+    absent = [(model, no_place(model, protocol)) for model in models if model not in by_model]
+    lines += [f"| {model} | " + " | ".join(["n/a"] * len(metrics)) + " |" for model, why in absent if why]
+    notes = [f"{model}: {why}" for model, why in absent if why]
+    return lines + (["", "n/a: " + "; ".join(notes) + "."] if notes else [])
 
 
 def _metric_key(metric):
@@ -167,14 +271,16 @@ def _leader(by_model, metric):
 
 
 def _cost_table(records):
-    lines = ["| model | seconds per epoch | epochs run | epochs to best | parameters |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | seconds per epoch | epochs run | epochs to best | minutes per run | parameters |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for model in _unique(r.model for r in records if r.group == "leave_one_out"):
         runs = [r for r in records if r.model == model and r.group == "leave_one_out"]
         seconds = statistics.fmean(r.seconds_per_epoch for r in runs if r.seconds_per_epoch)
         epochs = statistics.fmean(r.epochs for r in runs)
         best = [r.best_epoch for r in runs if r.best_epoch]
         best_text = f"{statistics.fmean(best):.1f}" if best else "-"
-        lines.append(f"| {model} | {seconds:.1f} | {epochs:.1f} | {best_text} | {runs[0].parameters:,} |")
+        minutes = statistics.fmean(r.wall_seconds for r in runs) / 60
+        lines.append(f"| {model} | {seconds:.1f} | {epochs:.1f} | {best_text} | {minutes:.1f} | {runs[0].parameters:,} |")
     return lines
 
 
@@ -203,7 +309,9 @@ def plot_recall(dataset, table, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    panels = [p for p in ("full", "multi_interest", "sampled") if p in table]
+    panels = [key for p in ("full", "multi_interest", "sampled") for key in (p, f"valid_{p}") if key in table]
+    if not panels:
+        return None
     colors = model_colors(table)
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for axis, protocol in zip(axes[0], panels):
@@ -213,7 +321,7 @@ def plot_recall(dataset, table, path):
             stds = [metrics[f"recall@{n}"][1] for n in cutoffs]
             axis.errorbar(cutoffs, means, yerr=stds, marker="o", capsize=3, label=model, color=colors[model],
                           linewidth=2.5 if model == "MIND" else 1.2)
-        axis.set_title(PROTOCOLS[protocol], fontsize=9)
+        axis.set_title(protocol_title(protocol), fontsize=9)
         axis.set_xlabel("N")
         axis.set_ylabel("Recall@N")
         axis.grid(alpha=0.3)

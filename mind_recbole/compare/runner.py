@@ -9,12 +9,20 @@ Each (model, seed) gets up to two trainings:
   the sampled protocol and have no full-ranking result.
 * **multi-interest** (:mod:`mind_recbole.evaluation.multi_interest`, ComiRec's protocol): users
   split 8/1/1, held-out users' first 80 % as history, the rest as targets; every model that ranks
-  the catalogue from a history takes part.
+  the catalogue from a history takes part (not ItemKNN and EASE: RecBole's score a user from the
+  user's row of the training matrix, and a held-out user has none).
 
-Every run is written to ``OUT/DATASET-runs/MODEL-PROTOCOL-seedSEED.json`` with a hash of its
-configuration and a fingerprint of the atomic files it was trained on; a later ``compare`` reuses a
-run whose hash and fingerprint match, and retrains one whose config or data changed. A run stopped
-part-way resumes from its last checkpoint (:mod:`mind_recbole.compare.progress`) unless ``rerun``.
+``--seeds N`` trains the contenders (:data:`SEED_SWEEP_MODELS`) with N seeds and the other models
+with one. Every run is written to ``OUT/DATASET-runs/MODEL-PROTOCOL-seedSEED.json`` with a hash of
+its configuration and a fingerprint of the atomic files it was trained on, and its test users'
+metric values to ``...seedSEED.users.npz`` (:mod:`mind_recbole.compare.user_results`, for the
+paired tests of :mod:`mind_recbole.compare.significance`); a later ``compare`` reuses a run whose
+hash and fingerprint match, and retrains one whose config or data changed. A run stopped part-way
+resumes from its last checkpoint (:mod:`mind_recbole.compare.progress`) unless ``rerun``.
+
+``valid_only`` (tuning) trains and validates, never evaluates the test split, and writes
+``...seedSEED.valid.json``: a full comparison never takes such a run for a tested one, while a
+valid-only comparison reuses a tested run's validation results.
 """
 
 from __future__ import annotations
@@ -23,19 +31,26 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
 from mind_recbole.atomic_write import write_json
 from mind_recbole.compare.progress import RunProgress, partial_path, read_partial, stale_reason
+from mind_recbole.compare.user_results import user_results_path, write_user_results
 from mind_recbole.config_files import tuned_config_file
 from mind_recbole.training import build_config, prepare_training
 
-DEFAULT_MODELS = ("MIND", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop")
+DEFAULT_MODELS = ("MIND", "ComiRecSA", "ComiRecDR", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop", "ItemKNN", "EASE")
+# The contenders: ``--seeds N`` trains these N times each, every other model once.
+SEED_SWEEP_MODELS = ("MIND", "YouTubeDNN", "SASRec", "SINE", "ComiRecSA", "ComiRecDR")
 CTR_MODELS = ("DIN",)  # RecBole's DIN scores given (user, item) pairs: no full ranking
+# RecBole's ItemKNN and EASE score a user by the user's row of the training interaction matrix:
+# the multi-interest protocol's held-out users have none (no fold-in of a new history).
+USER_ROW_MODELS = ("ItemKNN", "EASE")
 PROTOCOL_GROUPS = ("leave_one_out", "multi_interest")
+BASE_SEED = 2020  # the first seed, unless a ``seed`` override says otherwise
 COMPARE_PROPERTIES = Path(__file__).resolve().parents[1] / "properties" / "compare"
 SAMPLED_MODE = "uni100"
 # Settings that change speed or logging, not results: left out of a run's hash, so a run trained
@@ -65,6 +80,7 @@ class RunRecord:
     wall_seconds: float = 0.0
     saved_model_file: str | None = None
     data_fingerprint: str = ""  # data_fingerprint() of the atomic files it was trained on
+    valid_only: bool = False  # trained and validated; the test split was never evaluated
 
     @property
     def epochs(self):
@@ -90,6 +106,40 @@ class RunRecord:
     def from_json(cls, payload):
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in payload.items() if k in names})
+
+    def without_test(self):
+        """This run as a valid-only run: its test results and test-user diagnostics left out."""
+        return replace(self, results={}, diagnostics={}, valid_only=True)
+
+
+def takes_part(model, group):
+    """Whether ``model`` has a place in protocol ``group`` (see the module docstring)."""
+    return group != "multi_interest" or model not in CTR_MODELS + USER_ROW_MODELS
+
+
+def run_plan(models, groups, seeds, base_seed=BASE_SEED, seed_models=SEED_SWEEP_MODELS):
+    """``(model, seed, group)`` of every run, in run order: ``seeds`` seeds for ``seed_models``, one for the rest."""
+    return [
+        (model, base_seed + i, group)
+        for group in groups for model in models for i in range(seeds if model in seed_models else 1)
+        if takes_part(model, group)
+    ]
+
+
+def first_seed(overrides):
+    """The first seed of a comparison: the ``seed`` override, else :data:`BASE_SEED`."""
+    return int(overrides.get("seed", BASE_SEED))
+
+
+def run_path(run_dir, model, group, seed):
+    """``RUN_DIR/MODEL-GROUP-seedSEED.json``: where a finished (tested) run is kept."""
+    return Path(run_dir) / f"{model}-{group}-seed{seed}.json"
+
+
+def valid_run_path(path):
+    """``X.valid.json`` beside the tested run's ``X.json``: where a valid-only run is kept."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.valid.json")
 
 
 def model_config_files(dataset, model, config_dir):
@@ -137,16 +187,23 @@ def leave_one_out_config(model, dataset, config_files, seed, overrides, sampled=
     return build_config(model, dataset, config_files, {"seed": seed, **overrides, "eval_args": eval_args})
 
 
-def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, category_field, tracking=None):
-    """Train with early stopping on validation; score the test split on both protocols."""
+def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, category_field, tracking=None,
+                      valid_only=False):
+    """Train with early stopping on validation; score the test split on both protocols (not when
+    ``valid_only``). Returns the record and the test users' values per protocol (:class:`UserValues`)."""
     from recbole.utils import init_seed
 
+    from mind_recbole.compare.user_metrics import last_evaluation_per_user
     from mind_recbole.evaluation.diagnostics import interest_diagnostics, item_categories
 
     config = leave_one_out_config(model_name, dataset_name, config_files, seed, overrides)
     record, trainer, dataset, (train_data, valid_data, test_data) = _train(config, tracking=tracking)
+    if valid_only:
+        return record, {}
+    users = {}
     if model_name not in CTR_MODELS:
         record.results["full"] = _floats(trainer.evaluate(test_data, load_best_model=True))
+        users["full"] = last_evaluation_per_user(trainer, dataset)
         categories = item_categories(dataset, category_field)
         record.diagnostics = interest_diagnostics(trainer.model, test_data, categories)
         sampled_config = leave_one_out_config(model_name, dataset_name, config_files, seed, overrides, sampled=True)
@@ -156,7 +213,8 @@ def run_leave_one_out(model_name, dataset_name, config_files, seed, overrides, c
     init_seed(seed, True)  # the same sampled negatives for every model
     trainer.score_sampled_from_full_ranking = model_name not in CTR_MODELS
     record.results["sampled"] = _floats(trainer.evaluate(sampled_test, load_best_model=model_name in CTR_MODELS))
-    return record
+    users["sampled"] = last_evaluation_per_user(trainer, dataset)
+    return record, users
 
 
 def sampled_test_loader(sampled_config, dataset, loaders):
@@ -169,10 +227,12 @@ def sampled_test_loader(sampled_config, dataset, loaders):
     return get_dataloader(sampled_config, "test")(sampled_config, built[2], test_sampler, shuffle=False)
 
 
-def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, tracking=None):
-    """ComiRec's protocol: train on 80 % of the users, early-stop on 10 %, test on the other 10 %."""
+def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, tracking=None, valid_only=False):
+    """ComiRec's protocol: train on 80 % of the users, early-stop on 10 %, test on the other 10 %
+    (not when ``valid_only``). Returns the record and the test users' values (:class:`UserValues`)."""
     from recbole.data import data_preparation
 
+    from mind_recbole.compare.user_results import UserValues
     from mind_recbole.evaluation import multi_interest
 
     base = build_config(model_name, dataset_name, config_files, {"seed": seed, **overrides})
@@ -192,19 +252,23 @@ def run_multi_interest(model_name, dataset_name, config_files, seed, overrides, 
     )
 
     def prepare(config_, dataset_):
-        """Training loader of the training users; the validation and test users' evaluators."""
+        """Training loader of the training users; the validation and (unless valid-only) test users' evaluators."""
         train_data, _, _ = data_preparation(config_, dataset_)
         valid = multi_interest.HeldOutEvaluator(split.valid, dataset_, config_)
-        return train_data, valid, multi_interest.HeldOutEvaluator(split.test, dataset_, config_)
+        test = None if valid_only else multi_interest.HeldOutEvaluator(split.test, dataset_, config_)
+        return train_data, valid, test
 
     record, trainer, _, loaders = _train(config, prepare, group="multi_interest", tracking=tracking)
-    trainer.load_best_checkpoint()  # the best validation epoch's weights
-    record.results["multi_interest"] = loaders[2].evaluate(trainer.model)
     record.dataset = dataset_name
+    if valid_only:
+        return record, {}
+    trainer.load_best_checkpoint()  # the best validation epoch's weights
+    per_user = loaders[2].evaluate_users(trainer.model)
+    record.results["multi_interest"] = multi_interest.average_over_users(per_user)
     record.diagnostics = {
         "train_users": len(split.train_users), "valid_users": len(split.valid), "test_users": len(split.test)
     }
-    return record
+    return record, {"multi_interest": UserValues(split.test.users, per_user)}
 
 
 def _train(config, prepare_data=None, group="leave_one_out", tracking=None):
@@ -213,9 +277,12 @@ def _train(config, prepare_data=None, group="leave_one_out", tracking=None):
     ``tracking`` (:class:`RunProgress`): the partial run to resume, if any, and where to record
     each checkpoint so that a stopped run can be resumed.
     """
+    from mind_recbole.compare.user_metrics import UserCollector
+
     resume = tracking.resume_from if tracking else None
     started = time.perf_counter() - (resume.wall_seconds if resume else 0.0)
     dataset, loaders, trainer = prepare_training(config, prepare_data, resume=resume and resume.checkpoint)
+    trainer.eval_collector = UserCollector(config)  # RecBole's, keeping each user's row of the last evaluation
     record = RunRecord(
         model=config["model"], dataset=config["dataset"], seed=config["seed"], group=group,
         config_hash="", config_files=[], valid_metric=config["valid_metric"], eval_step=config["eval_step"],
@@ -246,62 +313,84 @@ def _floats(result):
 
 
 def collect_runs(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="results", groups=PROTOCOL_GROUPS,
-            overrides=None, config_dir="configs", rerun=False, category_field="category", log=print,
-            report_only=False):
-    """Run (or reuse) every (model, seed, protocol group); return the records in run order.
+                 overrides=None, config_dir="configs", rerun=False, category_field="category", log=print,
+                 report_only=False, seed_models=SEED_SWEEP_MODELS, valid_only=False):
+    """Run (or reuse) every run of :func:`run_plan`; return the records in run order.
 
-    ``log``: prints one line per run. ``report_only``: train nothing; runs not already in ``out`` are reported missing and left out.
+    ``log``: prints one line per run. ``report_only``: train nothing; runs not already in ``out`` are
+    reported missing and left out. ``valid_only``: train and validate only (see the module docstring);
+    the records then hold no test results.
     """
     overrides = dict(overrides or {})
     run_dir = Path(out) / f"{dataset}-runs"
     run_dir.mkdir(parents=True, exist_ok=True)
-    base_seed = int(overrides.pop("seed", 2020))
+    plan = run_plan(models, groups, seeds, first_seed(overrides), seed_models)
+    overrides.pop("seed", None)  # each run gets its own
     fingerprint = data_fingerprint(build_config("Pop", dataset, list(config_files), overrides)["data_path"], dataset)
-    plan = [
-        (model, base_seed + i, group)
-        for group in groups for model in models for i in range(seeds)
-        if not (group == "multi_interest" and model in CTR_MODELS)
-    ]
     records = []
     for number, (model, seed, group) in enumerate(plan, 1):
+        name = f"[{number}/{len(plan)}] {model} {group} seed {seed}"
         files = [str(f) for f in (*config_files, *model_config_files(dataset, model, config_dir))]
         digest = config_hash(model, dataset, seed, group, files, overrides)
-        path = run_dir / f"{model}-{group}-seed{seed}.json"
-        unusable = f"missing (not in {run_dir})"
+        path = run_path(run_dir, model, group, seed)
+        result_path = valid_run_path(path) if valid_only else path
         resume, not_resumed = None, None
         if not (rerun or report_only):  # a training stopped part-way resumes before a finished run is reused
             resume, not_resumed = read_partial(partial_path(path), digest, fingerprint)
         if not_resumed:
-            log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: not resumed: {not_resumed}")
-        if resume is None and not rerun and path.is_file():
-            cached = RunRecord.from_json(json.loads(path.read_text()))
-            stale = stale_reason(cached, digest, fingerprint)
-            if stale is None:
-                log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: reused {path}")
-                records.append(cached)
+            log(f"{name}: not resumed: {not_resumed}")
+        unusable = f"missing (not in {run_dir})"
+        if resume is None and not rerun:
+            cached, cached_path, stale = finished_run(list(dict.fromkeys([path, result_path])), digest, fingerprint)
+            if cached is not None:
+                log(f"{name}: reused {cached_path}")
+                records.append(cached.without_test() if valid_only else cached)
                 continue
-            unusable = f"stale: {stale}"
+            unusable = stale or unusable
         if report_only:
-            log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: {unusable}, left out")
+            log(f"{name}: {unusable}, left out")
             continue
         if resume:
-            log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: resuming from {resume.checkpoint} "
-                     f"(epochs 0-{resume.epoch} done, {resume.wall_seconds / 60:.1f} min)")
+            log(f"{name}: resuming from {resume.checkpoint} "
+                f"(epochs 0-{resume.epoch} done, {resume.wall_seconds / 60:.1f} min)")
         else:
-            log(f"[{number}/{len(plan)}] {model} {group} seed {seed}: training ({', '.join(files)})")
+            log(f"{name}: training ({', '.join(files)})")
         tracking = RunProgress(partial_path(path), digest, fingerprint, resume)
         if group == "leave_one_out":
-            record = run_leave_one_out(model, dataset, files, seed, overrides, category_field, tracking)
+            record, users = run_leave_one_out(model, dataset, files, seed, overrides, category_field, tracking,
+                                              valid_only)
         else:
-            record = run_multi_interest(model, dataset, files, seed, overrides, tracking)
+            record, users = run_multi_interest(model, dataset, files, seed, overrides, tracking, valid_only)
         record.config_hash, record.config_files, record.data_fingerprint = digest, files, fingerprint
-        write_json(path, record.to_json())
+        record.valid_only = valid_only
+        if not valid_only:  # first: a run file on disk always has its per-user file
+            write_user_results(user_results_path(path), users, digest, fingerprint)
+        write_json(result_path, record.to_json())
         tracking.finish()
-        headline = {p: round(m.get("recall@50", float("nan")), 4) for p, m in record.results.items()}
-        log(
-            f"[{number}/{len(plan)}] {model} {group} seed {seed}: recall@50 {headline}, "
-            f"{record.epochs} epochs in {record.wall_seconds / 60:.1f} min"
-        )
+        log(f"{name}: {headline(record)}, {record.epochs} epochs in {record.wall_seconds / 60:.1f} min")
         logging.getLogger().handlers.clear()  # RecBole's init_logger adds handlers on every run
         records.append(record)
     return records
+
+
+def finished_run(paths, config_hash, fingerprint):
+    """The first of ``paths`` holding a finished run of these settings and files: ``(record, path, None)``;
+    else ``(None, None, "stale: why")``, or ``(None, None, None)`` when none of them exists."""
+    stale = None
+    for path in paths:
+        if path.is_file():
+            record = RunRecord.from_json(json.loads(path.read_text()))
+            why = stale_reason(record, config_hash, fingerprint)
+            if why is None:
+                return record, path, None
+            stale = stale or f"stale: {why}"
+    return None, None, stale
+
+
+def headline(record):
+    """Recall@50 per test protocol, or the best validation score of a valid-only run."""
+    if record.valid_only:
+        metric = record.valid_metric.lower()
+        return f"best valid {metric} {round(record.best_valid.get(metric, float('nan')), 4)}"
+    recall = {protocol: round(m.get("recall@50", float("nan")), 4) for protocol, m in record.results.items()}
+    return f"recall@50 {recall}"

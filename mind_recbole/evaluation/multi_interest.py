@@ -138,26 +138,35 @@ def write_training_dataset(source_root, dataset, seed, train_users, target_root=
 
 
 def set_metrics(ranked, targets, cutoffs=CUTOFFS):
-    """Recall, NDCG and hit rate at each cut-off, averaged over users.
+    """Recall, NDCG and hit rate at each cut-off, averaged over users (0.0 without users).
 
     ``ranked`` is ``[U, >= max(cutoffs)]`` item ids, best first; ``targets`` one collection of
     item ids per user (ids that cannot be ranked, e.g. unknown items, still count as targets).
     """
+    return average_over_users(user_set_metrics(ranked, targets, cutoffs))
+
+
+def average_over_users(user_values):
+    """``{name: [U] values}`` -> ``{name: mean}`` (0.0 without users)."""
+    return {name: float(values.mean()) if len(values) else 0.0 for name, values in user_values.items()}
+
+
+def user_set_metrics(ranked, targets, cutoffs=CUTOFFS):
+    """:func:`set_metrics` per user, not averaged: ``{"recall@20": [U] values, ...}``."""
     ranked = np.asarray(ranked)
     discounts = 1.0 / np.log2(np.arange(2, max(*cutoffs, ranked.shape[1]) + 2))
-    totals = {f"{metric}@{n}": 0.0 for metric in METRICS for n in cutoffs}
-    for row, target in zip(ranked, targets):
+    values = {f"{metric}@{n}": np.zeros(len(targets)) for metric in METRICS for n in cutoffs}
+    for user, (row, target) in enumerate(zip(ranked, targets)):
         target = set(target)
         hits = np.fromiter((item in target for item in row), dtype=bool, count=len(row))
         for n in cutoffs:
             found = int(hits[:n].sum())
-            totals[f"recall@{n}"] += found / len(target)
-            totals[f"hit@{n}"] += float(found > 0)
+            values[f"recall@{n}"][user] = found / len(target)
+            values[f"hit@{n}"][user] = float(found > 0)
             ideal = discounts[: min(n, len(target))].sum()
             top = hits[:n]
-            totals[f"ndcg@{n}"] += float(discounts[: len(top)][top].sum() / ideal)
-    users = max(1, len(targets))
-    return {name: total / users for name, total in totals.items()}
+            values[f"ndcg@{n}"][user] = float(discounts[: len(top)][top].sum() / ideal)
+    return values
 
 
 class HeldOutEvaluator:
@@ -225,3 +234,8 @@ class HeldOutEvaluator:
         """``{recall@20: ..., ndcg@20: ..., hit@20: ..., ...@50}`` for the held-out users."""
         ranked = self.ranked_items(model, max(self.cutoffs))
         return set_metrics(ranked, self.targets, self.cutoffs)
+
+    def evaluate_users(self, model):
+        """:meth:`evaluate` per user: ``{"recall@20": [U] values, ...}`` in the order of ``held_out.users``."""
+        ranked = self.ranked_items(model, max(self.cutoffs))
+        return user_set_metrics(ranked, self.targets, self.cutoffs)
