@@ -1,47 +1,55 @@
-"""Serving load test: many concurrent users against one in-process ``UserTower``, counted and checked.
+"""Serving load test over HTTP: `mind-recbole serve` on 127.0.0.1, driven by concurrent HTTP clients.
 
-Each request is what ``mind-recbole retrieve`` does for one user: item tokens -> ids
-(``UserTower.encode``, one ONNX Runtime call) -> exact top-``--topk`` by max over active interests
-over the whole catalogue (``max_over_interests_topk``, the user's history excluded). A thread pool
-of ``--threads`` workers (a closed loop: each worker takes the next request as soon as it is done)
-serves ``--requests`` requests, or stops at ``--time-limit`` seconds. For each thread count it
-reports requests/s, latency p50 / p95 / p99 / max (service time of one request, in the worker),
-errors (any exception; must be 0) and mismatches against a single-threaded reference computed
-first for every ``--verify-every``-th request (ids identical, scores within 1e-5; must be 0).
+The server is the real command (``python -m mind_recbole serve --model-dir DIR --port 0``) in its
+own process, micro-batching concurrent requests (``--max-batch``, ``--max-wait-ms``,
+``--timeout-ms`` are passed on). The clients are threads of this process, each with its own
+keep-alive HTTP/1.1 connection (``export.service.client``, standard library ``http.client``), in a
+closed loop: a client sends its next request as soon as the previous answer has arrived. A
+request is one user: ``POST /retrieve`` with a history of real item tokens, exact top-``--topk``
+over the whole catalogue, the history excluded. For each client count (``--clients``, default
+1 8 32) the run serves ``--requests`` requests or stops at ``--time-limit`` seconds, and reports
+requests/s, latency p50 / p95 / p99 / max (client side: from sending the request to the whole
+answer read), errors (any answer but 200, or a failed connection; must be 0), the batches the
+server made (its ``/stats``) and mismatches: every ``--verify-every``-th answer is compared with
+the in-process reference, ``export.retrieval.retrieve`` for that user alone on the same export in
+this process, computed before the load (``export.service.batch_retrieval.same_ranking``: the same
+items and scores up to float rounding; must be 0).
 
-The catalogue: the export's own ``item_embeddings.npy`` and, with ``--catalogue N`` above its size,
-synthetic rows appended up to ``N`` items (Gaussian, with the per-dimension mean and standard
-deviation of the real rows; seeded), so that scoring costs what an ``N``-item catalogue costs. The
-histories: ``--lengths`` (default 1 .. 2 x max_seq_length, uniform; longer ones are truncated by
-the tower) real item tokens drawn uniformly, seeded.
+The catalogue: the export's own items and, with ``--catalogue N`` above their count, synthetic
+rows appended up to ``N`` items (Gaussian with the per-dimension mean and standard deviation of
+the real rows; seeded), written as a complete export in a temporary folder (item tokens, file
+digests in ``user_tower.onnx`` and ``manifest.json`` updated), so that scoring costs what an
+``N``-item catalogue costs. Histories: ``--lengths`` (default 1 .. 2 x max_seq_length, uniform)
+real item tokens drawn uniformly, seeded.
 
 The model (one of):
   --model-dir DIR        a directory written by `mind-recbole export` (no torch needed)
-  --checkpoint FILE.pth  a MIND / YouTubeDNN checkpoint, exported to a temporary directory first (torch)
+  --checkpoint FILE.pth  a MIND / YouTubeDNN checkpoint, exported to a temporary folder first (torch)
 
 Usage:
-  OPENBLAS_NUM_THREADS=1 python benchmarks/serving_load.py --model-dir exported/mind-beauty --catalogue 100000
-  python benchmarks/serving_load.py --model-dir DIR --threads 1 8 32 --requests 5000 --time-limit 120
+  python benchmarks/serving_load.py --model-dir exported/mind-beauty --catalogue 100000
+  python benchmarks/serving_load.py --model-dir DIR --clients 1 8 32 --requests 3000 --time-limit 60 --max-batch 1
 
-One BLAS thread per request is what a thread pool wants (the pool is the parallelism); the
-environment's thread variables and the load average are recorded, not changed. Appends a Markdown
-section to ``--out`` (default results/serving_load.md). Exit status 1 on any error or mismatch.
+Needs the serve extra (``pip install -e ".[serve]"``). Appends a Markdown section (command,
+machine, date, load average before and after, the table) to ``--out`` (default
+results/serving_load.md). Exit status 1 on any error or mismatch.
 """
 
 import argparse
 import datetime
 import itertools
+import json
 import os
 import platform
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +58,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from export.retrieval import max_over_interests_topk  # noqa: E402  (numpy only)
+from export import artifacts  # noqa: E402  (standard library only)
+from export.retrieval import retrieve  # noqa: E402  (numpy only)
 from export.runtime import UserTower  # noqa: E402  (onnxruntime + numpy only)
+from export.service.batch_retrieval import same_ranking  # noqa: E402
+from export.service.client import ServiceClient  # noqa: E402  (standard library only)
 from serving import cpu_model, table, usable_cores  # noqa: E402  (benchmarks/serving.py, shared by both reports)
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
+SYNTHETIC_TOKEN = "SYNTHETIC-{:08d}"
 
 
-# ---------------------------------------------------------------------------------------------- set-up
+# ---------------------------------------------------------------------------------------------- the export
 def export_checkpoint(checkpoint, out_dir):
     """``mind-recbole export`` of ``checkpoint`` into ``out_dir`` (needs torch and RecBole)."""
     from export.onnx_export import export_user_tower
@@ -74,83 +86,151 @@ def build_catalogue(item_vectors, size, seed=0):
     rng = np.random.default_rng(seed)
     mean, std = real[1:].mean(axis=0), real[1:].std(axis=0)
     extra = (rng.standard_normal((size - len(real), real.shape[1])) * std + mean).astype(np.float32)
-    catalogue = np.concatenate([real, extra])
-    catalogue.flags.writeable = False
-    return catalogue
+    return np.concatenate([real, extra])
 
 
-def make_requests(tower, count, min_len, max_len, seed=1):
-    """``count`` histories of real item tokens, lengths uniform in ``min_len .. max_len``."""
+def enlarged_export(model_dir, size, out_dir):
+    """A copy of the export in ``out_dir`` with ``size`` items (synthetic ones appended), its file
+    digests, ``n_items`` and manifest updated so that ``UserTower`` accepts it."""
+    import onnx  # a core dependency of the package (the exporter writes with it)
+
+    shutil.copytree(model_dir, out_dir)
+    vectors = build_catalogue(np.load(out_dir / artifacts.ITEM_EMBEDDINGS_FILE), size)
+    tokens = json.loads((out_dir / artifacts.ITEM_TOKENS_FILE).read_text())
+    tokens += [SYNTHETIC_TOKEN.format(i) for i in range(len(tokens), len(vectors))]
+    np.save(out_dir / artifacts.ITEM_EMBEDDINGS_FILE, vectors)
+    (out_dir / artifacts.ITEM_TOKENS_FILE).write_text(json.dumps(tokens))
+    proto = onnx.load(str(out_dir / artifacts.ONNX_FILE))
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    digests = json.loads(metadata[artifacts.META_FILE_DIGESTS])
+    metadata[artifacts.META_FILE_DIGESTS] = json.dumps({name: artifacts.file_digest(out_dir / name) for name in digests})
+    metadata[artifacts.META_N_ITEMS] = str(len(tokens))
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.save_model(proto, str(out_dir / artifacts.ONNX_FILE))
+    manifest_path = out_dir / artifacts.MANIFEST_FILE
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"] = {name: artifacts.file_digest(out_dir / name) for name in manifest["files"]}
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return out_dir
+
+
+def make_requests(tower, real_items, count, min_len, max_len, seed=1):
+    """``count`` histories of the exported items (ids ``1 .. real_items - 1``, not synthetic ones),
+    lengths uniform in ``min_len .. max_len``."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min_len, max_len + 1, count)
-    return [[tower.item_tokens[i] for i in rng.integers(1, tower.n_items, n)] for n in lengths]
+    return [[tower.item_tokens[i] for i in rng.integers(1, real_items, n)] for n in lengths]
 
 
-def serve(tower, catalogue, history, topk):
-    """One request: encode the history, exact top-``topk`` over ``catalogue`` without the history's items."""
-    seen = [tower.item_index[token] for token in history]  # one lookup serves the tower and the exclusion
-    interests, mask = tower.encode_ids([seen])
-    return max_over_interests_topk(interests, mask, catalogue, topk, exclude=[seen])
+# ---------------------------------------------------------------------------------------------- the server
+class ServerProcess:
+    """``mind-recbole serve`` in a subprocess on a free port of 127.0.0.1; stopped with SIGINT."""
+
+    def __init__(self, model_dir, server_args, log_path):
+        command = [sys.executable, "-m", "mind_recbole", "serve", "--model-dir", str(model_dir), "--port", "0",
+                   "--provider", "cpu", "--log-level", "warning", *server_args]
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.port = None
+        for line in self.process.stdout:  # the command prints the address once it listens
+            if "serving on http://127.0.0.1:" in line:
+                self.port = int(line.split("http://127.0.0.1:")[1].split()[0])
+                break
+        if self.port is None:
+            self.stop()
+            raise RuntimeError(f"the server did not start; see {log_path}")
+        client = ServiceClient("127.0.0.1", self.port, timeout=60)
+        if client.get("/healthz").status != 200:
+            raise RuntimeError("the server is not healthy")
+        self.metadata = client.get("/metadata").payload
+        client.close()
+
+    def stats(self):
+        client = ServiceClient("127.0.0.1", self.port)
+        try:
+            return client.get("/stats").payload
+        finally:
+            client.close()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
 
 
 # ---------------------------------------------------------------------------------------------- the load
-def run_load(tower, catalogue, requests, threads, topk, time_limit, reference):
-    """Serve ``requests`` with ``threads`` workers (closed loop) until done or ``time_limit`` s.
+def run_load(port, requests, clients, topk, time_limit, reference):
+    """Send ``requests`` from ``clients`` threads (closed loop) until done or ``time_limit`` s.
 
-    Returns a dict: ``completed``, ``seconds``, ``latencies`` (s, per request), ``errors`` (Counter of
-    exception types), ``first_error`` (traceback text), ``verified``, ``mismatches``.
+    Returns a dict: ``completed``, ``seconds``, ``latencies`` (s, per answered request), ``errors``
+    (Counter: HTTP status or exception type), ``first_error`` (text), ``verified``, ``mismatches``.
     """
     next_request = itertools.count()
     lock = threading.Lock()
-    latencies, errors, results = [], Counter(), {}
-    first_error = []
-    deadline = time.perf_counter() + time_limit
+    latencies, errors, first_error, answers = [], Counter(), [], {}
+    barrier = threading.Barrier(clients)
+    deadline = []
 
-    def worker():
-        own_latencies, own_results = [], {}
-        while time.perf_counter() < deadline:
+    def client_loop():
+        client = ServiceClient("127.0.0.1", port)
+        own_latencies, own_answers = [], {}
+        barrier.wait()
+        while time.perf_counter() < deadline[0]:
             index = next(next_request)  # itertools.count is atomic under the GIL
             if index >= len(requests):
                 break
             start = time.perf_counter()
             try:
-                result = serve(tower, catalogue, requests[index], topk)
+                reply = client.retrieve(requests[index], topk=topk)
             except Exception as error:  # noqa: BLE001 - counted and reported, the load goes on
+                failure = (type(error).__name__, f"{type(error).__name__}: {error}")
+            else:
+                failure = None if reply.status == 200 else (f"HTTP {reply.status}", reply.text[:500])
+            if failure is not None:
                 with lock:
-                    errors[type(error).__name__] += 1
-                    if not first_error:
-                        first_error.append(traceback.format_exc())
+                    errors[failure[0]] += 1
+                    first_error[:] = first_error or [failure[1]]
                 continue
             own_latencies.append(time.perf_counter() - start)
             if index in reference:
-                own_results[index] = result
+                own_answers[index] = list(zip(reply.payload["items"], reply.payload["scores"]))
+        client.close()
         with lock:
             latencies.extend(own_latencies)
-            results.update(own_results)
+            answers.update(own_answers)
 
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for future in [pool.submit(worker) for _ in range(threads)]:
-            future.result()
+    deadline.append(start + time_limit)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     seconds = time.perf_counter() - start
-    mismatches = sum(
-        not (np.array_equal(r.ids, reference[i].ids) and np.allclose(r.scores, reference[i].scores, atol=1e-5))
-        for i, r in results.items()
-    )
+    mismatches = sum(not same_ranking(items, reference[i]) for i, items in answers.items())
     return {
         "completed": len(latencies), "seconds": seconds, "latencies": np.asarray(latencies), "errors": errors,
-        "first_error": first_error[0] if first_error else None, "verified": len(results), "mismatches": int(mismatches),
+        "first_error": first_error[0] if first_error else None, "verified": len(answers), "mismatches": int(mismatches),
     }
 
 
-def summarise(threads, outcome):
-    """One table row: threads, requests, seconds, requests/s, p50, p95, p99, max (ms), errors, verified, mismatches."""
+def summarise(clients, outcome, stats_before, stats_after):
+    """One table row: clients, requests, seconds, requests/s, p50, p95, p99, max (ms), errors,
+    batches, mean batch, verified, mismatches."""
     lat = outcome["latencies"] * 1e3
     p50, p95, p99, worst = (np.percentile(lat, [50, 95, 99, 100]) if lat.size else [float("nan")] * 4)
-    errors = sum(outcome["errors"].values())
+    batches = stats_after["batches"] - stats_before["batches"]
+    processed = stats_after["processed"] - stats_before["processed"]
     return (
-        threads, outcome["completed"], outcome["seconds"], outcome["completed"] / outcome["seconds"], p50, p95, p99,
-        worst, errors, outcome["verified"], outcome["mismatches"],
+        clients, outcome["completed"], outcome["seconds"], outcome["completed"] / outcome["seconds"], p50, p95, p99,
+        worst, sum(outcome["errors"].values()), batches, processed / batches if batches else float("nan"),
+        outcome["verified"], outcome["mismatches"],
     )
 
 
@@ -164,15 +244,17 @@ def uptime():
 
 
 def machine_line():
-    model, usable = cpu_model(), usable_cores()
     env = {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}
-    return f"{model}; os.cpu_count()={os.cpu_count()}, usable cores {usable}; thread env {env or 'none set'}"
+    return f"{cpu_model()}; os.cpu_count()={os.cpu_count()}, usable cores {usable_cores()}; thread env {env or 'none set'}"
 
 
 def versions():
+    import fastapi
     import onnxruntime
+    import uvicorn
 
-    return f"python {platform.python_version()}, numpy {np.__version__}, onnxruntime {onnxruntime.__version__}"
+    return (f"python {platform.python_version()}, numpy {np.__version__}, onnxruntime {onnxruntime.__version__}, "
+            f"fastapi {fastapi.__version__}, uvicorn {uvicorn.__version__}")
 
 
 def main(argv=None):
@@ -181,64 +263,84 @@ def main(argv=None):
     source.add_argument("--model-dir", type=Path, help="a directory written by `mind-recbole export`")
     source.add_argument("--checkpoint", type=Path, help="a checkpoint to export first (needs torch)")
     parser.add_argument("--catalogue", type=int, default=100_000, help="items scored per request (default 100000)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 8, 16, 32], help="thread-pool sizes (default 1 8 16 32)")
-    parser.add_argument("--requests", type=int, default=5000, help="requests per thread-pool size (default 5000)")
-    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per thread-pool size at most (default 120)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients (default 1 8 32)")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per client count at most (default 3000)")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per client count at most (default 60)")
     parser.add_argument("--topk", type=int, default=50)
     parser.add_argument("--lengths", type=int, nargs=2, metavar=("MIN", "MAX"), help="history lengths (default 1 .. 2 x max_seq_length)")
-    parser.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1: the pool is the parallelism)")
-    parser.add_argument("--verify-every", type=int, default=25, help="check every N-th request against a serial reference (default 25)")
+    parser.add_argument("--max-batch", type=int, default=64, help="server --max-batch (default 64; 1: no batching)")
+    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="server --max-wait-ms (default 2)")
+    parser.add_argument("--timeout-ms", type=float, default=2000.0, help="server --timeout-ms (default 2000)")
+    parser.add_argument("--verify-every", type=int, default=25, help="check every N-th answer against the in-process reference (default 25)")
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. what else was running)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "serving_load.md")
     args = parser.parse_args(argv)
     command = " ".join(["python benchmarks/serving_load.py", shlex.join(sys.argv[1:] if argv is None else argv)])
     env_prefix = " ".join(f"{k}={os.environ[k]}" for k in THREAD_VARIABLES if k in os.environ)
     command = f"{env_prefix} {command}".strip()
+    server_args = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--timeout-ms", str(args.timeout_ms)]
 
     with tempfile.TemporaryDirectory() as folder:
         model_dir = args.model_dir
         if args.checkpoint is not None:
             model_dir = Path(folder) / "model"
             print(export_checkpoint(args.checkpoint, model_dir).summary())
-        tower = UserTower(model_dir, provider="cpu", intra_op_num_threads=args.ort_threads)
-        metadata = dict(tower.metadata)
-    catalogue = build_catalogue(tower.item_vectors, args.catalogue)
-    min_len, max_len = args.lengths or (1, 2 * tower.max_seq_length)
-    requests = make_requests(tower, args.requests, min_len, max_len)
+        exported_items = len(json.loads((model_dir / artifacts.ITEM_TOKENS_FILE).read_text()))
+        if args.catalogue > exported_items:
+            model_dir = enlarged_export(model_dir, args.catalogue, Path(folder) / "catalogue")
+        tower = UserTower(model_dir, provider="cpu")
+        min_len, max_len = args.lengths or (1, 2 * tower.max_seq_length)
+        requests = make_requests(tower, exported_items, args.requests, min_len, max_len)
+        check = range(0, len(requests), max(1, args.verify_every))
+        t0 = time.perf_counter()
+        reference = {}
+        for i in check:
+            recommendations, _ = retrieve(tower, [requests[i]], topk=args.topk)
+            reference[i] = [(r.item, r.score) for r in recommendations[0]]
+        reference_s = time.perf_counter() - t0
+        print(f"in-process reference: {len(reference)} requests in {reference_s:.1f} s", flush=True)
+        del tower  # the server holds its own copy
 
-    load_before = uptime()
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    check = range(0, len(requests), max(1, args.verify_every))
-    t0 = time.perf_counter()
-    reference = {i: serve(tower, catalogue, requests[i], args.topk) for i in check}
-    reference_s = time.perf_counter() - t0
-    print(f"serial reference: {len(reference)} requests in {reference_s:.1f} s", flush=True)
+        load_before = uptime()
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        server = ServerProcess(model_dir, server_args, Path(folder) / "server.log")
+        try:
+            metadata = server.metadata
+            warm = ServiceClient("127.0.0.1", server.port)
+            for history in requests[:20]:  # first calls pay for lazy initialisation
+                warm.retrieve(history, topk=args.topk)
+            warm.close()
+            rows, failures = [], []
+            for clients in args.clients:
+                before = server.stats()
+                outcome = run_load(server.port, requests, clients, args.topk, args.time_limit, reference)
+                rows.append(summarise(clients, outcome, before, server.stats()))
+                print(table(HEADER, rows[-1:], FORMATS).splitlines()[-1], flush=True)
+                if outcome["errors"] or outcome["mismatches"]:
+                    failures.append((clients, dict(outcome["errors"]), outcome["mismatches"], outcome["first_error"]))
+        finally:
+            server.stop()
+        server_log = (Path(folder) / "server.log").read_text().strip()
+        load_after = uptime()
 
-    rows, failures = [], []
-    for threads in args.threads:
-        outcome = run_load(tower, catalogue, requests, threads, args.topk, args.time_limit, reference)
-        rows.append(summarise(threads, outcome))
-        print(table(HEADER, rows[-1:], FORMATS).splitlines()[-1], flush=True)
-        if outcome["errors"] or outcome["mismatches"]:
-            failures.append((threads, dict(outcome["errors"]), outcome["mismatches"], outcome["first_error"]))
-    load_after = uptime()
-
-    synthetic = max(0, len(catalogue) - tower.n_items)
+    synthetic = metadata["items"] + 1 - exported_items
     parts = [
-        f"## Serving load test, {started}",
+        f"## HTTP load test, {started}",
         "",
         f"- command: `{command}`",
-        f"- model: {metadata.get('model')} user tower from `{metadata.get('checkpoint') or model_dir}` "
-        f"(dataset {metadata.get('dataset')}, K={tower.interest_num}, D={tower.embedding_size}, "
-        f"max_seq_length={tower.max_seq_length}, {tower.n_items:,} items), ONNX Runtime CPU, "
-        f"{args.ort_threads} intra-op thread(s)",
-        f"- catalogue: {len(catalogue):,} items scored per request ({tower.n_items:,} exported"
+        f"- server: `mind-recbole serve --port 0 --provider cpu {' '.join(server_args)}` (FastAPI + uvicorn, its own "
+        f"process); clients: threads of the benchmark process, one keep-alive `http.client` connection each, closed loop",
+        f"- model: {metadata['model']} from `{metadata.get('checkpoint') or args.model_dir or args.checkpoint}` "
+        f"(dataset {metadata['dataset']}, K={metadata['interest_num']}, D={metadata['embedding_size']}, "
+        f"max_seq_length={metadata['max_seq_length']}), ONNX Runtime CPU",
+        f"- catalogue: {metadata['items']:,} items scored per request ({exported_items - 1:,} exported"
         + (f" + {synthetic:,} synthetic rows with the real rows' per-dimension mean and std" if synthetic else "")
         + f"); exact top-{args.topk}, the history excluded",
-        f"- requests: {args.requests:,} per pool size (time limit {args.time_limit:g} s), one user each, "
-        f"histories of {min_len}..{max_len} real item tokens (uniform; longer than {tower.max_seq_length} is truncated)",
-        f"- checked: every {args.verify_every}th request ({len(reference)}) against a serial reference "
-        f"({reference_s:.1f} s), ids identical and scores within 1e-5",
+        f"- requests: at most {args.requests:,} per client count (time limit {args.time_limit:g} s), one user each, "
+        f"histories of {min_len}..{max_len} real item tokens (uniform; longer than {metadata['max_seq_length']} is truncated)",
+        f"- checked: every {args.verify_every}th answer ({len(reference)} requests) against `retrieve` for that user "
+        f"alone in this process ({reference_s:.1f} s), same items and scores up to float rounding (`same_ranking`)",
+        "- latency: client side, from sending a request to its whole answer read; batches and mean batch from the server's `/stats`",
         f"- machine: {machine_line()}; {versions()}",
         f"- `uptime` before: `{load_before}`",
         f"- `uptime` after: `{load_after}`",
@@ -246,8 +348,10 @@ def main(argv=None):
     if args.note:
         parts.append(f"- note: {args.note}")
     parts += ["", table(HEADER, rows, FORMATS)]
-    for threads, errors, mismatches, first in failures:
-        parts += ["", f"**{threads} threads: errors {errors}, mismatches {mismatches}**", "", "```", (first or "").strip(), "```"]
+    for clients, errors, mismatches, first in failures:
+        parts += ["", f"**{clients} clients: errors {errors}, mismatches {mismatches}**", "", "```", (first or "").strip(), "```"]
+    if failures and server_log:
+        parts += ["", "Server log (last lines):", "", "```", "\n".join(server_log.splitlines()[-30:]), "```"]
     section = "\n".join(parts) + "\n"
     print(section)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,8 +362,9 @@ def main(argv=None):
     return 1 if failures else 0
 
 
-HEADER = ["threads", "requests", "seconds", "requests/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "verified", "mismatches"]
-FORMATS = ["{}", "{:,}", "{:.1f}", "{:,.0f}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.1f}", "{}", "{}", "{}"]
+HEADER = ["clients", "requests", "seconds", "requests/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors",
+          "batches", "mean batch", "verified", "mismatches"]
+FORMATS = ["{}", "{:,}", "{:.1f}", "{:,.0f}", "{:.2f}", "{:.2f}", "{:.2f}", "{:.1f}", "{}", "{:,}", "{:.1f}", "{}", "{}"]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Export a trained MIND / YouTubeDNN user tower to ONNX and serve it without torch.
+"""Export the user tower of a trained interest model (MIND, YouTubeDNN, ComiRec) to ONNX and serve it without torch.
 
 Two halves with different dependencies:
 

@@ -6,6 +6,9 @@
     ``user_id`` int64 ``[batch]``; outputs ``interests`` float32 ``[batch, K, D]`` and
     ``interest_mask`` bool ``[batch, K]``. Metadata (``metadata_props``, read with onnxruntime's
     ``session.get_modelmeta().custom_metadata_map``) under the keys below.
+``DIR/user_tower.int8.onnx``
+    Only with ``export --quantize int8``: the same graph with int8 weights in its matrix products
+    (same inputs, outputs and metadata, plus ``quantization: int8``); see :mod:`export.quantize`.
 ``DIR/item_embeddings.npy``
     float32 ``[n_items, D]``, the item tower over the catalogue (side features included; row 0 is
     padding).
@@ -19,6 +22,10 @@
     Size and SHA-256 of every file of the directory (``user_tower.onnx`` included), the checkpoint's
     name and SHA-256, the package versions. ``user_tower.onnx`` itself records the sizes and SHA-256
     of the item and user files (``file_digests``), which the runtime checks at load.
+``DIR/item_index.faiss``, ``DIR/item_index.json``
+    Only after ``mind-recbole index``: a faiss index over the item vectors and its sidecar (kind,
+    settings, the SHA-256 of the embeddings it indexes and of the index file); see
+    :mod:`export.ann_index`. A new export into the directory drops them.
 
 The error types below are shared by the runtime and retrieval (all are ``ValueError`` subclasses,
 so the ``mind-recbole`` command reports them as errors with exit status 2):
@@ -33,13 +40,16 @@ import hashlib
 from pathlib import Path
 
 ONNX_FILE = "user_tower.onnx"
+INT8_ONNX_FILE = "user_tower.int8.onnx"  # written by ``export --quantize int8`` (export/quantize.py)
 ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
 ITEM_TOKENS_FILE = "item_tokens.json"
 USER_TOKENS_FILE = "user_tokens.json"
 REPORT_FILE = "export_report.json"
 MANIFEST_FILE = "manifest.json"
-EXPORT_FILES = (ONNX_FILE, f"{ONNX_FILE}.data", ITEM_EMBEDDINGS_FILE, ITEM_TOKENS_FILE, USER_TOKENS_FILE, REPORT_FILE,
-                MANIFEST_FILE)  # everything an export folder may hold (.data: weights past protobuf's 2 GB)
+ITEM_INDEX_FILE = "item_index.faiss"  # written by ``mind-recbole index`` (export/ann_index.py)
+ITEM_INDEX_SIDECAR_FILE = "item_index.json"  # the index's kind, settings and digests
+EXPORT_FILES = (ONNX_FILE, f"{ONNX_FILE}.data", INT8_ONNX_FILE, ITEM_EMBEDDINGS_FILE, ITEM_TOKENS_FILE, USER_TOKENS_FILE, REPORT_FILE,
+                MANIFEST_FILE, ITEM_INDEX_FILE, ITEM_INDEX_SIDECAR_FILE)  # everything an export folder may hold (.data: weights past protobuf's 2 GB)
 # Files whose size and SHA-256 user_tower.onnx records (META_FILE_DIGESTS): the runtime refuses any
 # that differ, so embeddings or tokens of another export, or altered bytes, are never served.
 DIGESTED_FILES = (ITEM_EMBEDDINGS_FILE, ITEM_TOKENS_FILE, USER_TOKENS_FILE)
@@ -53,7 +63,7 @@ OUTPUT_MASK = "interest_mask"
 PAD_TOKEN = "[PAD]"
 
 # metadata keys (all values are strings, as ONNX metadata_props require)
-META_MODEL = "model"  # MIND or YouTubeDNN
+META_MODEL = "model"  # MIND, YouTubeDNN, ComiRecSA or ComiRecDR
 META_INTEREST_NUM = "interest_num"  # K
 META_EMBEDDING_SIZE = "embedding_size"  # D
 META_MAX_SEQ_LENGTH = "max_seq_length"  # MAX_ITEM_LIST_LENGTH of training: the runtime keeps this many recent items

@@ -1,4 +1,4 @@
-"""Export a trained MIND / YouTubeDNN user tower to ONNX, with the item side, and check parity.
+"""Export the user tower of a trained interest model (MIND, YouTubeDNN, ComiRec) to ONNX, with the item side, and check parity.
 
 ``export_user_tower(checkpoint, out_dir)`` (CLI: ``mind-recbole export --checkpoint FILE --out
 DIR``) loads a RecBole checkpoint, writes the directory described in :mod:`export.artifacts` and
@@ -90,22 +90,34 @@ class ExportError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- wrapper
 class UserTowerModule(nn.Module):
-    """``(item_seq, item_seq_len) -> (interests, interest_mask)`` of a model in eval mode."""
+    """``(item_seq, item_seq_len) -> (interests, interest_mask)`` of a model in eval mode, as served.
+
+    What the tower does to each history item alone (the item tower with its side features and, for
+    MIND, the bilinear map ``S``) is computed once here for the whole catalogue
+    (``model.serving_item_table()``), so the graph starts from one table lookup per item instead of
+    pooling side features and multiplying by ``S`` per request (``results/serving.md`` has the
+    speed-up); the rest is ``model.serving_interests``, which equals ``model.forward`` in eval mode
+    (checked by :func:`check_parity` against ``model.forward`` itself).
+    """
 
     def __init__(self, model):
         super().__init__()
         self.model = model
         self.model.eval()
+        with torch.no_grad():
+            table = model.serving_item_table().detach().clone()  # [n_items D']
+        table[0] = 0.0  # padding: contributes nothing, whatever the model's row 0 holds
+        self.register_buffer("item_table", table)
 
     def forward(self, item_seq, item_seq_len):
-        return self.model.forward(item_seq, item_seq_len, None)
+        return self.model.serving_interests(self.item_table[item_seq], item_seq, item_seq_len)
 
 
 class UserTowerWithProfileModule(UserTowerModule):
     """``(item_seq, item_seq_len, user_id) -> (interests, interest_mask)`` (user profile fields)."""
 
     def forward(self, item_seq, item_seq_len, user_id):
-        return self.model.forward(item_seq, item_seq_len, user_id)
+        return self.model.serving_interests(self.item_table[item_seq], item_seq, item_seq_len, user_id)
 
 
 def wrap_user_tower(model):
@@ -456,6 +468,7 @@ class ExportResult:
     metadata: dict
     parity: ParityReport = None
     files: list = field(default_factory=list)
+    quantization: object = None  # export.quantize.OverlapReport with --quantize int8
 
     def summary(self):
         m = self.metadata
@@ -468,6 +481,8 @@ class ExportResult:
         ]
         if self.parity is not None:
             lines.append("  " + str(self.parity))
+        if self.quantization is not None:
+            lines.append("  " + str(self.quantization))
         return "\n".join(lines)
 
 
@@ -488,7 +503,7 @@ def save_onnx(proto, path):
         onnx.save_model(proto, str(path))
 
 
-def export_model(model, dataset, out_dir, opset=None, atol=1e-5, exporter="auto", checkpoint=None, check=True):
+def export_model(model, dataset, out_dir, opset=None, atol=1e-5, exporter="auto", checkpoint=None, check=True, quantize=None):
     """Export an in-memory model (see :func:`export_user_tower`); the model is moved to CPU, eval mode.
 
     The files are written to a temporary folder beside ``out_dir`` that replaces ``out_dir`` only
@@ -497,9 +512,10 @@ def export_model(model, dataset, out_dir, opset=None, atol=1e-5, exporter="auto"
     """
     out_dir = Path(out_dir)
     check_exportable(model)
+    check_quantization(quantize)
     check_out_dir(out_dir)
     with staged_folder(out_dir) as staging:
-        result = _write_export(model, dataset, staging, opset, atol, exporter, checkpoint, check)
+        result = _write_export(model, dataset, staging, opset, atol, exporter, checkpoint, check, quantize)
     result.out_dir, result.onnx_path = out_dir, out_dir / result.onnx_path.name
     result.files = [out_dir / Path(f).name for f in result.files]
     return result
@@ -517,13 +533,20 @@ def check_out_dir(out_dir):
         )
 
 
+def check_quantization(quantize):
+    from export.quantize import QUANTIZATIONS
+
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS} (or none), got {quantize!r}")
+
+
 def check_exportable(model):
     """Raise :class:`UnsupportedModelError` for a model without an interest user tower."""
     from mind_recbole.model.base import InterestRecommender
 
     if not isinstance(model, InterestRecommender):
         raise UnsupportedModelError(
-            f"cannot export a {type(model).__name__} model: export takes a MIND or YouTubeDNN checkpoint "
+            f"cannot export a {type(model).__name__} model: export takes a checkpoint of an interest model (MIND, YouTubeDNN, ComiRecSA, ComiRecDR) "
             "(a user tower of interest vectors scored by max over interests)"
         )
 
@@ -551,7 +574,7 @@ def staged_folder(out_dir):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, check):
+def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, check, quantize=None):
     """Write the export into the (empty) folder ``out_dir``; its :class:`ExportResult`.
 
     The item and user files are written first, so that ``user_tower.onnx`` can record their sizes
@@ -590,10 +613,15 @@ def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, ch
     if check:
         result.parity = check_parity(onnx_path, model, atol=atol, n_users=n_users, raise_on_failure=False)
     report = {"metadata": metadata, "parity": result.parity.to_dict() if result.parity else None}
+    if result.parity is not None and not result.parity.passed:
+        (out_dir / artifacts.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        raise parity_error(result.parity)
+    if quantize:
+        result.quantization = _write_int8_tower(onnx_path, out_dir, item_vectors, model, n_users)
+        report["int8"] = result.quantization.to_dict()
+        result.files.append(out_dir / artifacts.INT8_ONNX_FILE)
     (out_dir / artifacts.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     result.files.append(out_dir / artifacts.REPORT_FILE)
-    if result.parity is not None and not result.parity.passed:
-        raise parity_error(result.parity)
     manifest = {
         "files": {path.name: artifacts.file_digest(path) for path in result.files},
         "checkpoint": {"name": metadata[artifacts.META_CHECKPOINT], "sha256": metadata[artifacts.META_CHECKPOINT_SHA256]},
@@ -604,8 +632,26 @@ def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, ch
     return result
 
 
-def export_user_tower(checkpoint, out_dir, opset=None, atol=1e-5, exporter="auto", check=True):
-    """Load a RecBole checkpoint of MIND / YouTubeDNN and export its serving artefacts to ``out_dir``.
+def _write_int8_tower(onnx_path, out_dir, item_vectors, model, n_users):
+    """``user_tower.int8.onnx`` and its top-50 overlap with the float tower (warns below
+    :data:`export.quantize.MIN_OVERLAP`)."""
+    import onnxruntime as ort
+
+    from export.quantize import MIN_OVERLAP, quantize_tower, ranking_overlap
+
+    int8_path = quantize_tower(onnx_path, out_dir / artifacts.INT8_ONNX_FILE)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for path in (onnx_path, int8_path)]
+    cases = parity_cases(model.n_items, model.max_seq_length, (1, 3, 64), n_users=_n_users(model, n_users) if n_users else None)
+    overlap = ranking_overlap(*sessions, item_vectors, cases)
+    if overlap.mean_overlap < MIN_OVERLAP:
+        warnings.warn(f"{overlap}: below {MIN_OVERLAP}; serve the float tower", stacklevel=3)
+    return overlap
+
+
+def export_user_tower(checkpoint, out_dir, opset=None, atol=1e-5, exporter="auto", check=True, quantize=None):
+    """Load a RecBole checkpoint of an interest model (MIND, YouTubeDNN, ComiRec) and export its serving artefacts to ``out_dir``.
 
     Writes ``user_tower.onnx`` (metadata inside), ``item_embeddings.npy``, ``item_tokens.json``
     (``user_tokens.json`` for user-profile models) and ``export_report.json``; then runs
@@ -617,8 +663,10 @@ def export_user_tower(checkpoint, out_dir, opset=None, atol=1e-5, exporter="auto
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    check_quantization(quantize)
     check_out_dir(Path(out_dir))  # before the (slow) loading
     _config, model, dataset, *_ = load_data_and_model(str(checkpoint), state="WARNING")
     return export_model(
-        model, dataset, out_dir, opset=opset, atol=atol, exporter=exporter, checkpoint=checkpoint, check=check
+        model, dataset, out_dir, opset=opset, atol=atol, exporter=exporter, checkpoint=checkpoint, check=check,
+        quantize=quantize,
     )

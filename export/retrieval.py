@@ -4,13 +4,18 @@ An item's score for a user is ``max_k e_i . v_u^k`` over the user's *active* int
 serving rule; YouTubeDNN is K = 1).
 
 - :func:`max_over_interests_topk`: exact top-N over the catalogue in chunks of ``chunk_size``
-  items, so memory is ``O(B K chunk_size)`` however many items there are; a running top-k is
-  merged per chunk with ``np.argpartition``. Row 0 (padding) and, optionally, each user's own
-  history items are excluded.
+  items, so memory is ``O(R chunk_size)`` (``R`` active interests in the batch) however many
+  items there are. Per chunk one SGEMM of the active interests only; then a user whose running
+  top-N is full looks only at items above its current N-th score, found by one read-only pass
+  over the block (the max of each group of ``SCAN_GROUP`` items per interest), so nearly all the
+  time is the SGEMM (``results/serving.md``). Row 0 (padding) and, optionally, each user's own
+  history items are excluded. Ties: score descending, then item id ascending.
 - :func:`build_index` / :func:`ann_topk`: a faiss inner-product index over the item vectors
   (``flat``: exact ``IndexFlatIP``; ``hnsw``: ``IndexHNSWFlat``; ``ivf``: ``IndexIVFFlat``), one
-  search per active interest, the candidates merged by score and de-duplicated per user.
-  :func:`ann_recall` reports recall@N of ANN against the exact top-N.
+  search per active interest, the candidates merged by score and de-duplicated per user, and a
+  user the index left short of N scored exactly. :func:`ann_recall` reports recall@N of ANN
+  against the exact top-N. :mod:`export.ann_index` saves an index in the model directory and
+  loads it back, checked against the export.
 
 faiss is optional (``pip install mind-recbole[faiss]``); without it the ANN functions raise
 ``ImportError`` with that hint. Results are ``TopK(ids, scores, interests)``, each ``[B, k]``;
@@ -95,11 +100,12 @@ def _sort_rows(ids, scores, interests):
     return TopK(ids, scores, interests)
 
 
-DEFAULT_WORKING_SET = 1 << 24  # floats in the [B, K, chunk] score block (64 MiB)
+DEFAULT_WORKING_SET = 1 << 20  # floats in the [chunk, R] score block (4 MiB: it stays in cache between its scans)
+SCAN_GROUP = 32  # items per group whose max the scan compares with the threshold (see _RunningTopK)
 
 
 def default_chunk_size(batch, interest_num, working_set=DEFAULT_WORKING_SET):
-    """Items per chunk so that ``batch * K * chunk`` stays near ``working_set`` floats."""
+    """Items per chunk so that ``chunk * batch * K`` stays near ``working_set`` floats (at least 1024 items)."""
     return max(1024, working_set // max(1, batch * interest_num))
 
 
@@ -108,18 +114,29 @@ def max_over_interests_topk(
 ):
     """Exact top-``topk`` items per user by ``max over active k of e_i . v_u^k``, in bounded memory.
 
+    Per chunk of items, one SGEMM of the chunk against the batch's *active* interests only (``R``
+    of them) into a reused ``[chunk, R]`` block; padding and exclusions set to ``-inf`` where they
+    fall in the chunk; then :class:`_RunningTopK` keeps each user's best ``topk`` (a user whose
+    list is full only looks at items above its current ``topk``-th score: after the first chunks
+    almost none), so nearly all the time goes to the SGEMM.
+
     Args:
         interests: ``[B, K, D]`` (or ``[B, D]`` for one interest).
         mask: ``[B, K]`` bool, active interests (None: all active).
-        item_vectors: ``[N, D]`` (a ``np.memmap`` works: only ``chunk_size`` rows are read at a time).
+        item_vectors: ``[N, D]`` finite vectors (a ``np.memmap`` works: only ``chunk_size`` rows
+            are read at a time).
         topk: items per user (at most the number of items).
-        chunk_size: items scored per step; the working set is ``B * K * chunk_size`` floats
-            (None: :func:`default_chunk_size`, about 64 MiB).
+        chunk_size: items scored per step; the working set is ``chunk_size * R`` floats
+            (None: :func:`default_chunk_size`, about 4 MiB).
         exclude: per user, item ids never to return (e.g. the user's history; each in ``0 .. N - 1``,
             else :class:`~export.artifacts.ItemIdError`), or None.
         exclude_padding: never return item 0 (RecBole's padding id).
 
-    Returns :class:`TopK` ``(ids, scores, interests)``, each ``[B, topk]``, scores descending.
+    Returns :class:`TopK` ``(ids, scores, interests)``, each ``[B, topk]``: scores descending, equal
+    scores by item id ascending; ids ``-1`` / scores ``-inf`` / interests ``-1`` past the eligible items.
+
+    Shape:
+        interests ``[B, K, D]``, mask ``[B, K]``, item_vectors ``[N, D]`` -> each result ``[B, topk]``.
     """
     interests, mask = _check_inputs(interests, mask)
     batch, k_max, dim = interests.shape
@@ -131,37 +148,185 @@ def max_over_interests_topk(
         raise ValueError("topk must be >= 1 and the catalogue non-empty")
     chunk_size = max(1, int(chunk_size or default_chunk_size(batch, k_max)))
     rows, cols = _exclusion_pairs(exclude, batch, n_items)
-    # An inactive interest is replaced by the user's first active one: the max over K is then the
-    # max over active interests without a masking pass over the [B, K, chunk] block.
-    first_active = interests[np.arange(batch), mask.argmax(axis=1)]  # [B D]
-    flat = np.where(mask[:, :, None], interests, first_active[:, None, :]).reshape(batch * k_max, dim)
+    starts = range(0, n_items, chunk_size)
+    bounds = np.searchsorted(cols, [*starts, n_items])  # exclusions of chunk c: bounds[c] .. bounds[c + 1]
+    interests_t, row_user, user_columns = _score_columns(interests, mask)
 
-    best_ids = np.empty((batch, 0), np.int64)
-    best_scores = np.empty((batch, 0), np.float32)
-    for start in range(0, n_items, chunk_size):
-        chunk = np.asarray(item_vectors[start : start + chunk_size], dtype=np.float32)
+    running = _RunningTopK(row_user, user_columns, topk)
+    block = np.empty((_round_up(min(chunk_size, n_items)), len(row_user)), np.float32)  # [chunk R], reused
+    for c, start in enumerate(starts):
+        chunk = np.asarray(item_vectors[start : start + chunk_size], dtype=np.float32)  # [n D]
         n = chunk.shape[0]
-        scores = flat @ chunk.T  # [B*K n]: one SGEMM per chunk
-        chunk_best = scores.reshape(batch, k_max, n).max(axis=1) if k_max > 1 else scores  # [B n]
+        scores = block[: _round_up(n)]  # [n rounded up to SCAN_GROUP, R]
+        np.matmul(chunk, interests_t, out=scores[:n])  # one SGEMM per chunk
+        scores[n:] = -np.inf  # rows that round the last chunk up
         if exclude_padding and start == 0:
-            chunk_best[:, 0] = -np.inf
-        lo, hi = np.searchsorted(cols, [start, start + n])
+            scores[0] = -np.inf
+        lo, hi = bounds[c], bounds[c + 1]
         if hi > lo:
-            chunk_best[rows[lo:hi], cols[lo:hi] - start] = -np.inf
-        if n > topk:  # this chunk's top-k only
-            keep = np.argpartition(chunk_best, n - topk, axis=1)[:, n - topk :]
-            chunk_scores = np.take_along_axis(chunk_best, keep, axis=1)
-        else:
-            keep, chunk_scores = np.broadcast_to(np.arange(n), (batch, n)), chunk_best
-        cand_scores = np.concatenate([best_scores, chunk_scores], axis=1)
-        cand_ids = np.concatenate([best_ids, keep + start], axis=1)
-        if cand_scores.shape[1] > topk:  # merge with the running top-k
-            width = cand_scores.shape[1]
-            keep = np.argpartition(cand_scores, width - topk, axis=1)[:, width - topk :]
-            cand_scores = np.take_along_axis(cand_scores, keep, axis=1)
-            cand_ids = np.take_along_axis(cand_ids, keep, axis=1)
-        best_scores, best_ids = cand_scores, cand_ids
-    return _sort_rows(best_ids.copy(), best_scores.copy(), _winning_interests(interests, mask, item_vectors, best_ids))
+            scores[cols[lo:hi, None] - start, user_columns[rows[lo:hi]]] = -np.inf
+        running.add_chunk(scores, start)
+    ids, best = running.result()
+    return _sort_rows(ids, best, _winning_interests(interests, mask, item_vectors, ids))
+
+
+def _round_up(n_items):
+    """``n_items`` rounded up to a multiple of ``SCAN_GROUP``."""
+    return -(-n_items // SCAN_GROUP) * SCAN_GROUP
+
+
+def _score_columns(interests, mask):
+    """The active interests as the columns of the score block, and where each interest slot reads.
+
+    An inactive slot reads its user's first active column, so the max over K is the max over
+    active interests, and no inactive interest is ever multiplied.
+
+    Returns ``(interests_t, row_user, user_columns)``:
+
+    Shape:
+        interests_t ``[D, R]`` (``R`` active interests, user by user), row_user ``[R]`` the user of
+        each column, user_columns ``[B, K]`` the column of each slot.
+    """
+    batch, k_max, _ = interests.shape
+    row_user, row_slot = np.nonzero(mask)
+    column = (np.cumsum(mask.ravel()) - 1).reshape(batch, k_max)  # [B K] valid where active
+    user_columns = np.where(mask, column, column[np.arange(batch), mask.argmax(axis=1)][:, None])
+    return np.ascontiguousarray(interests[row_user, row_slot].T), row_user, user_columns
+
+
+class _RunningTopK:
+    """Each user's best ``topk`` items over the chunks seen so far (ties at the ``topk``-th score:
+    the smaller item ids), as :func:`max_over_interests_topk` scores chunk after chunk.
+
+    Chunks come in ascending item ids, so an item of a later chunk enters a full list only with a
+    score *above* its ``topk``-th (an equal score loses to the smaller id already there). Per chunk:
+
+    - users whose list is full: one read-only pass takes the max of every ``SCAN_GROUP`` items
+      of each score column; only the groups above the column's threshold are compared item by
+      item, and only the items above it become candidates (after the first chunks, a handful);
+    - users whose list is not full yet (the first chunk, or fewer eligible items than ``topk``):
+      the chunk's best ``topk`` by the max over interests, all items tied with the ``topk``-th
+      included (``np.partition``, then ``>=``), so the smallest ids among equal scores are kept.
+
+    Candidates wait in a buffer and are merged (:meth:`_merge`: one per user and item, by its best
+    score) when they reach ``B * topk`` or when a list was not full, so a call merges a few times,
+    not once per chunk. Until a merge the thresholds are lower than they could be: a few more
+    candidates, never one fewer.
+
+    Args:
+        row_user: ``[R]`` the user of each score column (each active interest).
+        user_columns: ``[B, K]`` the score column of each interest slot (inactive: an active one's).
+        topk: items kept per user.
+    """
+
+    def __init__(self, row_user, user_columns, topk):
+        self.row_user, self.user_columns, self.topk = row_user, user_columns, topk
+        batch = len(user_columns)
+        self.ids = np.full((batch, topk), -1, np.int64)  # [B topk], unordered until the end
+        self.scores = np.full((batch, topk), -np.inf, np.float32)  # [B topk]
+        self.filling = np.ones(batch, bool)  # [B] lists with an empty slot
+        self.threshold = np.full(len(row_user), np.inf, np.float32)  # [R] the user's topk-th score; +inf: not scanned
+        self.pending, self.pending_count = [], 0
+
+    def add_chunk(self, scores, start):
+        """Take the candidates of one chunk: ``scores`` ``[n, R]`` for items ``start ..``, ``n`` a
+        multiple of ``SCAN_GROUP``, excluded items and rows past the catalogue ``-inf``."""
+        n = scores.shape[0]
+        groups = scores.reshape(n // SCAN_GROUP, SCAN_GROUP, -1)  # [G SCAN_GROUP R], a view
+        hot_group, hot_column = np.divmod(np.flatnonzero(groups.max(axis=1) > self.threshold), len(self.threshold))
+        if hot_group.size:  # groups holding a candidate
+            values = groups[hot_group, :, hot_column]  # [H SCAN_GROUP]
+            passed = np.flatnonzero(values > self.threshold[hot_column, None])
+            pair, offset = np.divmod(passed, SCAN_GROUP)
+            # one interest's score: an item found by several interests is merged to its best (= max over K,
+            # the others being at most the threshold)
+            self._hold(self.row_user[hot_column[pair]], hot_group[pair] * SCAN_GROUP + offset + start, values.ravel()[passed])
+        if self.filling.any():
+            users = np.flatnonzero(self.filling)
+            best = scores[:, self.user_columns[users]].max(axis=2).T  # [F n] max over interests
+            floor = np.partition(best, n - self.topk, axis=1)[:, n - self.topk, None] if n > self.topk else -np.inf
+            user, item = np.nonzero((best >= floor) & (best > -np.inf))
+            self._hold(users[user], item + start, best[user, item])
+            self._merge()
+        elif self.pending_count >= self.scores.size:
+            self._merge()
+
+    def result(self):
+        """``(ids, scores)``, each ``[B, topk]`` in no particular order, after the last chunk."""
+        self._merge()
+        return self.ids, self.scores
+
+    def _hold(self, users, ids, scores):
+        """Queue candidates ``[M]`` each for the next merge."""
+        self.pending.append((users, ids, scores))
+        self.pending_count += len(users)
+
+    def _merge(self):
+        """The ``topk`` best of each user's list and candidates (:func:`_best_per_user`); new thresholds."""
+        if not self.pending_count:
+            return
+        batch, topk = self.scores.shape
+        listed = np.isfinite(self.scores)  # [B topk] the list's filled slots
+        kept = (np.nonzero(listed)[0], self.ids[listed], self.scores[listed])
+        users, ids, scores = (np.concatenate([mine, *held]) for mine, held in zip(kept, zip(*self.pending)))
+        self.ids, self.scores, _ = _best_per_user(users, ids, scores, batch, topk)
+        kth = self.scores.min(axis=1)  # [B] the topk-th score (-inf: an empty slot left)
+        self.filling = np.isneginf(kth)
+        self.threshold = np.where(self.filling, np.inf, kth)[self.row_user].astype(np.float32)
+        self.pending, self.pending_count = [], 0
+
+
+def _best_per_user(users, ids, scores, batch, topk, payload=None):
+    """Each user's ``topk`` best items from ``(user, id, score)`` candidates, in no particular order.
+
+    An item listed several times for a user counts once, with its best score (and the smallest
+    payload among the listings with that score: for interests, the first of tied interests, as
+    in exact scoring). Of items tied at the ``topk``-th score, the smallest ids are kept. Users
+    with fewer items get ids ``-1`` and scores ``-inf`` (payload ``-1``).
+
+    Args:
+        users, ids, scores: ``[M]`` candidates (finite scores, ids >= 0).
+        batch: number of users; topk: items kept per user.
+        payload: ``[M]`` int64 carried along (e.g. the interest that found the item), or None.
+
+    Returns ``(ids, scores, payload)``, each ``[batch, topk]`` (payload None when not given).
+
+    Each user's candidates go into one row of a ``[batch, most candidates]`` table; ``np.partition``
+    finds each row's ``topk``-th score, and only rows with more ties at it than slots are sorted.
+    """
+    code = users * (int(ids.max(initial=0)) + 1) + ids  # (user, item) as one number
+    order = np.argsort(code)
+    code, scores = code[order], scores[order]
+    starts = np.flatnonzero(np.diff(code, prepend=-1))  # the first listing of each (user, item)
+    users, ids = users[order[starts]], ids[order[starts]]
+    best = np.maximum.reduceat(scores, starts)
+    if payload is not None:  # of the listings with the best score, the smallest payload
+        runs = np.repeat(np.arange(len(starts)), np.diff(starts, append=len(code)))
+        payload = np.minimum.reduceat(np.where(scores == best[runs], payload[order], np.iinfo(np.int64).max), starts)
+    scores = best
+    counts = np.bincount(users, minlength=batch)
+    position = np.arange(len(users)) - (np.cumsum(counts) - counts)[users]
+    width = max(topk, int(counts.max(initial=0)))
+    table_scores = np.full((batch, width), -np.inf, np.float32)  # [B W]
+    table_ids = np.full((batch, width), -1, np.int64)  # [B W]
+    table_scores[users, position], table_ids[users, position] = scores, ids
+    kth = np.partition(table_scores, width - topk, axis=1)[:, width - topk, None]  # [B 1] the topk-th score
+    keep = table_scores > kth
+    tied = table_scores == kth
+    missing = topk - keep.sum(axis=1)  # [B] slots left for the items scoring exactly kth
+    crowded = tied.sum(axis=1) > missing
+    keep |= tied & ~crowded[:, None]
+    crowded = np.flatnonzero(crowded)  # more ties than slots: the smallest ids win
+    if crowded.size:
+        by_id = np.argsort(np.where(tied[crowded], table_ids[crowded], np.iinfo(np.int64).max), axis=1, kind="stable")
+        chosen = np.arange(width) < missing[crowded, None]  # [C W] the first `missing` tied items of each row
+        keep[np.repeat(crowded, missing[crowded]), by_id[chosen]] = True
+    kept = None
+    if payload is not None:
+        table_payload = np.full((batch, width), -1, np.int64)
+        table_payload[users, position] = payload
+        kept = table_payload[keep].reshape(batch, topk)
+    return table_ids[keep].reshape(batch, topk), table_scores[keep].reshape(batch, topk), kept
 
 
 def _winning_interests(interests, mask, item_vectors, ids):
@@ -185,19 +350,27 @@ class AnnIndex:
     """A faiss inner-product index over ``item_vectors[first_id:]``; faiss ids + ``first_id`` = item ids.
 
     Keeps a reference to ``item_vectors`` (no copy), which :func:`ann_topk` scores exactly for a
-    user the index returned too few items for.
+    user the index returned too few items for. ``params`` holds the build and search settings
+    (:func:`build_index`'s arguments that apply to ``kind``; the search effort kept current).
     """
 
-    def __init__(self, index, kind, first_id, n_items, item_vectors=None):
+    def __init__(self, index, kind, first_id, n_items, item_vectors=None, params=None):
         self.index, self.kind, self.first_id, self.n_items = index, kind, first_id, n_items
         self.item_vectors = item_vectors
+        self.params = dict(params or {})
 
     def set_search_effort(self, ef_search=None, nprobe=None):
         """HNSW ``efSearch`` / IVF ``nprobe``: higher is slower and closer to exact (not while other threads search)."""
         if ef_search is not None and self.kind == "hnsw":
-            self.index.hnsw.efSearch = int(ef_search)
+            self.index.hnsw.efSearch = self.params["ef_search"] = int(ef_search)
         if nprobe is not None and self.kind == "ivf":
-            self.index.nprobe = int(nprobe)
+            self.index.nprobe = self.params["nprobe"] = int(nprobe)
+
+    def describe(self):
+        """``'hnsw M=32 efSearch=128'``-like: the kind and its settings, for logs and tables."""
+        names = {"hnsw_m": "M", "ef_construction": "efConstruction", "ef_search": "efSearch"}
+        shown = [f"{names.get(key, key)}={value}" for key, value in self.params.items() if key != "seed"]
+        return " ".join([self.kind, *shown])
 
     def search(self, queries, k):
         scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
@@ -222,20 +395,22 @@ def build_index(item_vectors, kind="hnsw", exclude_padding=True, hnsw_m=32, ef_c
     if n == 0:
         raise ValueError("no item vectors to index")
     if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
+        index, params = faiss.IndexFlatIP(dim), {}
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(ef_construction)
+        params = {"hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction), "ef_search": int(ef_search)}
     elif kind == "ivf":
         nlist = int(nlist or max(1, min(n // 39, int(4 * np.sqrt(n)))))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = int(seed)
         index.train(vectors)
+        params = {"nlist": nlist, "nprobe": int(nprobe), "seed": int(seed)}
     else:
         raise ValueError(f"kind must be flat, hnsw or ivf, got {kind!r}")
     index.add(vectors)
-    ann = AnnIndex(index, kind, first_id, item_vectors.shape[0], item_vectors=item_vectors)
+    ann = AnnIndex(index, kind, first_id, item_vectors.shape[0], item_vectors=item_vectors, params=params)
     ann.set_search_effort(ef_search=ef_search, nprobe=nprobe)
     return ann
 
@@ -262,48 +437,21 @@ def ann_topk(index, interests, mask, topk=50, exclude=None, per_interest_k=None)
     k_search = max(1, min(k_search, index.index.ntotal))
     users, slots = np.nonzero(mask)  # one query per active interest
     scores, ids = index.search(interests[users, slots], k_search)  # [Q, k]
-    cand_user = np.repeat(users, k_search)
-    cand_interest = np.repeat(slots, k_search)
+    cand_user, cand_interest = np.repeat(users, k_search), np.repeat(slots, k_search)
     cand_ids, cand_scores = ids.ravel(), scores.ravel()
     valid = cand_ids >= 0
     if exclude is not None:
         rows, cols = _exclusion_pairs(exclude, batch, index.n_items)
-        excluded = np.isin(cand_user * index.n_items + cand_ids, rows * index.n_items + cols)
-        valid &= ~excluded
-    cand_user, cand_interest, cand_ids, cand_scores = (
-        cand_user[valid], cand_interest[valid], cand_ids[valid], cand_scores[valid]
-    )
-    # de-duplicate (user, item), keeping the best score: sort by user, item, score descending
-    order = np.lexsort((-cand_scores, cand_ids, cand_user))
-    cand_user, cand_interest, cand_ids, cand_scores = (
-        cand_user[order], cand_interest[order], cand_ids[order], cand_scores[order]
-    )
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = (cand_user[1:] != cand_user[:-1]) | (cand_ids[1:] != cand_ids[:-1])
-    cand_user, cand_interest, cand_ids, cand_scores = (
-        cand_user[first], cand_interest[first], cand_ids[first], cand_scores[first]
-    )
-    # rank within each user by score descending (ties: smaller id first), keep topk
-    order = np.lexsort((cand_ids, -cand_scores, cand_user))
-    cand_user, cand_interest, cand_ids, cand_scores = (
-        cand_user[order], cand_interest[order], cand_ids[order], cand_scores[order]
-    )
-    starts = np.searchsorted(cand_user, np.arange(batch))
-    rank = np.arange(len(cand_user)) - starts[cand_user]
-    keep = rank < topk
-    out_ids = np.full((batch, topk), -1, np.int64)
-    out_scores = np.full((batch, topk), -np.inf, np.float32)
-    out_interest = np.full((batch, topk), -1, np.int64)
-    out_ids[cand_user[keep], rank[keep]] = cand_ids[keep]
-    out_scores[cand_user[keep], rank[keep]] = cand_scores[keep]
-    out_interest[cand_user[keep], rank[keep]] = cand_interest[keep]
-    result = TopK(out_ids, out_scores, out_interest)
+        valid &= ~np.isin(cand_user * index.n_items + cand_ids, rows * index.n_items + cols)
+    best = _best_per_user(cand_user[valid], cand_ids[valid], cand_scores[valid], batch, topk, payload=cand_interest[valid])
+    result = _sort_rows(*best)
     short = _users_served_short(result, index, topk, exclude)
     if short.size and index.item_vectors is not None:
         exact = max_over_interests_topk(interests[short], mask[short], index.item_vectors, topk,
                                         exclude=None if exclude is None else [exclude[u] for u in short],
                                         exclude_padding=index.first_id == 1)
-        result.ids[short], result.scores[short], result.interests[short] = exact.ids, exact.scores, exact.interests
+        width = exact.ids.shape[1]  # topk, or the catalogue when topk is larger
+        result.ids[short, :width], result.scores[short, :width], result.interests[short, :width] = exact
     return result
 
 

@@ -15,7 +15,7 @@ Execution providers (``provider``):
 
 Loading checks the directory and raises :class:`~export.artifacts.ArtifactError` (a
 ``ValueError``) naming the file and field at fault: an ``user_tower.onnx`` that onnxruntime cannot
-parse (truncated, empty, not ONNX), that is not a MIND / YouTubeDNN user tower (other inputs or
+parse (truncated, empty, not ONNX), that is not an interest-model user tower (other inputs or
 outputs), whose metadata is missing a key or has a non-integer value, whose output shape disagrees
 with its metadata ``interest_num`` / ``embedding_size``, or whose ``n_items`` disagrees with
 ``item_tokens.json``; an ``item_tokens.json`` that is not a JSON list of distinct strings; an
@@ -67,6 +67,7 @@ from export.artifacts import (
 )
 
 PROVIDERS = ("auto", "cpu", "cuda")
+PRECISIONS = {"fp32": artifacts.ONNX_FILE, "int8": artifacts.INT8_ONNX_FILE}  # precision -> graph file
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 UNKNOWN_POLICIES = ("error", "skip")
@@ -150,7 +151,7 @@ def check_session_graph(session, path=artifacts.ONNX_FILE):
     if problems:
         raise ArtifactError(
             path,
-            f"not a MIND / YouTubeDNN user tower exported by mind-recbole ({'; '.join(problems)}). "
+            f"not an interest-model user tower exported by mind-recbole ({'; '.join(problems)}). "
             f"Graph inputs: {_describe(session.get_inputs())}; outputs: {_describe(session.get_outputs())}. "
             f"Expected {artifacts.GRAPH_SIGNATURE}",
         )
@@ -305,6 +306,8 @@ class UserTower:
         check_finite: scan the item vectors for NaN / inf at load (reads the whole file once).
         verify_digests: hash the item and user files and compare with ``file_digests`` (sizes are
             compared either way; ``results/serving.md`` has what the hashing costs).
+        precision: ``"fp32"`` (``user_tower.onnx``) or ``"int8"`` (``user_tower.int8.onnx``, written by
+            ``export --quantize int8``; see :mod:`export.quantize`).
 
     Attributes: ``metadata`` (dict), ``interest_num`` K, ``embedding_size`` D, ``max_seq_length``,
     ``item_vectors`` ``[n_items, D]`` float32 (read-only), ``item_tokens`` (id -> token),
@@ -312,11 +315,14 @@ class UserTower:
     """
 
     def __init__(self, model_dir, provider="auto", strict=False, intra_op_num_threads=0, load_item_vectors=True,
-                 mmap=False, check_finite=True, verify_digests=True):
+                 mmap=False, check_finite=True, verify_digests=True, precision="fp32"):
         self.model_dir = Path(model_dir)
-        onnx_path = self.model_dir / artifacts.ONNX_FILE
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        onnx_path = self.model_dir / PRECISIONS[precision]
         if not onnx_path.is_file():
-            raise FileNotFoundError(f"{onnx_path} not found; write it with `mind-recbole export --out {self.model_dir}`")
+            quantize = " --quantize int8" if precision == "int8" else ""
+            raise FileNotFoundError(f"{onnx_path} not found; write it with `mind-recbole export{quantize} --out {self.model_dir}`")
         self.onnx_path = onnx_path
         requested = select_providers(provider, strict=strict)
         options = ort.SessionOptions()

@@ -5,8 +5,10 @@ Sub-commands:
   train            train and test a model (ours or RecBole's) with RecBole
   quickstart       MIND beside Pop on MovieLens-100k, shipped inside RecBole's wheel (offline)
   compare          every model on one dataset and split: results/NAME.md, .json and a plot
-  export           a MIND / YouTubeDNN checkpoint -> ONNX user tower + item embeddings (parity-checked)
+  export           an interest model checkpoint (MIND, YouTubeDNN, ComiRec) -> ONNX user tower + item embeddings (parity-checked)
   retrieve         top items for a history from an exported model (onnxruntime + numpy; no torch)
+  index            a faiss ANN index over an exported model's items, built once and saved beside them
+  serve            an HTTP retrieval service over an exported model, micro-batched (FastAPI; no torch)
 
 Heavy imports (torch, RecBole) happen inside the sub-commands that need them.
 """
@@ -75,7 +77,7 @@ def stdout_closed():
 
 
 def build_parser():
-    from mind_recbole.compare.runner import DEFAULT_MODELS  # no torch, no RecBole at import
+    from mind_recbole.compare.runner import DEFAULT_MODELS, SEED_SWEEP_MODELS  # no torch, no RecBole at import
     from mind_recbole.quick_start import DEFAULT_PORT
     parser = argparse.ArgumentParser(prog="mind-recbole", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -152,7 +154,14 @@ def build_parser():
         help="YAML config for every model (repeatable). Default: configs/NAME.yaml; "
         "configs/NAME/MODEL.yaml is added per model when it exists",
     )
-    compare.add_argument("--seeds", type=int, default=1, help="seeds per model: 2020, 2021, ... (default 1)")
+    compare.add_argument(
+        "--seeds", type=int, default=1,
+        help="seeds 2020, 2021, ... for each of --seed-models; every other model gets one (default 1)",
+    )
+    compare.add_argument(
+        "--seed-models", default=",".join(SEED_SWEEP_MODELS),
+        help=f"comma-separated models that get --seeds seeds (default the contenders: {','.join(SEED_SWEEP_MODELS)})",
+    )
     compare.add_argument(
         "--protocols", default="leave_one_out,multi_interest",
         help="leave_one_out (full ranking and 100 sampled negatives) and/or multi_interest (ComiRec's)",
@@ -166,10 +175,15 @@ def build_parser():
     compare.add_argument(
         "--report-only", action="store_true", help="train nothing: rewrite the report from the runs already in OUT"
     )
+    compare.add_argument(
+        "--valid-only", action="store_true",
+        help="tuning: train and validate, never evaluate the test split; writes OUT/NAME-valid.md (validation "
+             "results) and runs that a full compare does not reuse",
+    )
     compare.set_defaults(handler=compare_command)
 
     export = commands.add_parser(
-        "export", help="export a MIND / YouTubeDNN checkpoint for serving (ONNX user tower, item embeddings)"
+        "export", help="export a MIND / YouTubeDNN / ComiRecSA / ComiRecDR checkpoint for serving (ONNX user tower, item embeddings)"
     )
     export.add_argument("--checkpoint", required=True, type=Path, help="RecBole checkpoint, e.g. saved/MIND-....pth")
     export.add_argument("--out", required=True, type=Path, help="output directory (user_tower.onnx, item_embeddings.npy, ...)")
@@ -179,6 +193,10 @@ def build_parser():
         "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
         help="torch.onnx exporter; auto is dynamo with a TorchScript fallback (default auto)",
     )
+    export.add_argument(
+        "--quantize", choices=["int8"],
+        help="also write user_tower.int8.onnx (int8 weights, dynamic quantization) and report its top-50 overlap with the float tower",
+    )
     export.set_defaults(handler=export_checkpoint)
 
     retrieve = commands.add_parser("retrieve", help="top items for a history from an exported model (no torch needed)")
@@ -187,12 +205,70 @@ def build_parser():
     retrieve.add_argument("--user", help="user token; required by models with user profile fields (e.g. the quickstart's)")
     retrieve.add_argument("--topk", type=int, default=50, help="items to return (default 50)")
     retrieve.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
-    retrieve.add_argument("--ann", action="store_true", help="faiss HNSW search instead of exact scoring (needs faiss; the index is built per call)")
+    retrieve.add_argument(
+        "--precision", default="fp32", choices=["fp32", "int8"],
+        help="user tower graph: fp32 (user_tower.onnx) or int8 (user_tower.int8.onnx from export --quantize int8; default fp32)",
+    )
+    retrieve.add_argument(
+        "--ann", action="store_true",
+        help="faiss search instead of exact scoring (needs faiss): the index `mind-recbole index` saved in --model-dir, "
+             "else an HNSW index built for this call",
+    )
     retrieve.add_argument("--skip-unknown", action="store_true", help="drop unknown item tokens instead of failing")
     retrieve.add_argument("--include-history", action="store_true", help="allow the history's own items in the results")
     retrieve.add_argument("--json", action="store_true", help="print JSON")
     retrieve.set_defaults(handler=retrieve_items)
+    add_index_parser(commands)
+    add_serve_parser(commands)
     return parser
+
+
+def add_index_parser(commands):
+    from export.ann_index import DEFAULT_KIND, DEFAULT_SETTINGS
+
+    index = commands.add_parser(
+        "index", help="build a faiss ANN index over an export's items once and save it in the model directory (needs faiss)",
+        epilog="retrieve --ann then uses it; a new export into the directory drops it. "
+               "results/serving.md has the recall and speed of each setting.",
+    )
+    index.add_argument("--model-dir", required=True, type=Path, help="a directory written by `mind-recbole export`")
+    index.add_argument("--kind", default=DEFAULT_KIND, choices=["ivf", "hnsw", "flat"],
+                       help=f"ivf (inverted lists), hnsw (graph) or flat (exact, for checks); default {DEFAULT_KIND}")
+    ivf, hnsw = DEFAULT_SETTINGS["ivf"], DEFAULT_SETTINGS["hnsw"]
+    index.add_argument("--nlist", type=positive_int, help="ivf: lists (default about 4 sqrt(items))")
+    index.add_argument("--nprobe", type=positive_int, help=f"ivf: lists searched per interest (default {ivf['nprobe']})")
+    index.add_argument("--hnsw-m", type=positive_int, help=f"hnsw: links per node (default {hnsw['hnsw_m']})")
+    index.add_argument("--ef-construction", type=positive_int, help=f"hnsw: build effort (default {hnsw['ef_construction']})")
+    index.add_argument("--ef-search", type=positive_int, help=f"hnsw: search effort per interest (default {hnsw['ef_search']})")
+    index.set_defaults(handler=index_items)
+
+
+def add_serve_parser(commands):
+    from export import service  # its defaults only: no fastapi, numpy or onnxruntime at parse time
+
+    serve = commands.add_parser("serve", help="an HTTP retrieval service over an exported model (needs the serve extra)")
+    serve.add_argument("--model-dir", required=True, type=Path, help="a directory written by `mind-recbole export`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed)")
+    serve.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
+    serve.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                       help="user tower graph: fp32 or int8 (user_tower.int8.onnx from export --quantize int8; default fp32)")
+    serve.add_argument("--ann", action="store_true", help="build a faiss HNSW index at start so requests may ask \"ann\": true")
+    serve.add_argument("--max-batch", type=positive_int, default=service.DEFAULT_MAX_BATCH,
+                       help=f"requests per user-tower call at most (default {service.DEFAULT_MAX_BATCH})")
+    serve.add_argument("--max-wait-ms", type=float, default=service.DEFAULT_MAX_WAIT_MS,
+                       help=f"wait for more requests after a batch's first, in ms (default {service.DEFAULT_MAX_WAIT_MS:g})")
+    serve.add_argument("--timeout-ms", type=float, default=service.DEFAULT_TIMEOUT_MS,
+                       help=f"a request's deadline in ms; past it the answer is 503 (default {service.DEFAULT_TIMEOUT_MS:g})")
+    serve.add_argument("--queue-size", type=positive_int, default=service.DEFAULT_QUEUE_SIZE,
+                       help=f"requests waiting at most; more get 503 at once (default {service.DEFAULT_QUEUE_SIZE})")
+    serve.add_argument("--max-topk", type=positive_int, default=service.DEFAULT_MAX_TOPK,
+                       help=f"largest topk a request may ask (default {service.DEFAULT_MAX_TOPK})")
+    serve.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads (default: its own, one per core)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                       help="server log level (default info)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=serve_model)
 
 
 def prepare_amazon(args, _overrides):
@@ -279,9 +355,11 @@ def compare_command(args, overrides):
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     recbole_command_line()  # overrides go to every run through config_dict
+    seed_models = [m.strip() for m in args.seed_models.split(",") if m.strip()]
     paths = compare(
         args.dataset, models, config_files, args.seeds, args.out, groups,
         overrides=parse_override_values(overrides), rerun=args.rerun, report_only=args.report_only,
+        seed_models=seed_models, valid_only=args.valid_only,
         config_dir=Path(config_files[0]).parent if config_files else Path("configs"),
         command="mind-recbole compare " + " ".join(args.raw_argv),
     )
@@ -362,7 +440,7 @@ def export_checkpoint(args, _overrides):
 
     try:
         result = export_user_tower(
-            args.checkpoint, args.out, opset=args.opset, atol=args.atol, exporter=args.exporter
+            args.checkpoint, args.out, opset=args.opset, atol=args.atol, exporter=args.exporter, quantize=args.quantize
         )
     except ParityError as error:
         print(f"mind-recbole export: parity check failed: {error}", file=sys.stderr)
@@ -377,6 +455,7 @@ def retrieve_items(args, _overrides):
     # onnxruntime + numpy only: this must work where torch is not installed.
     import warnings
 
+    from export.ann_index import load_index, recorded_embeddings_sha256
     from export.retrieval import build_index, retrieve
     from export.runtime import ProviderFallbackWarning, UserTower
 
@@ -384,7 +463,7 @@ def retrieve_items(args, _overrides):
         raise ValueError(f"--topk must be >= 1, got {args.topk}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)
-        tower = UserTower(args.model_dir, provider=args.provider)
+        tower = UserTower(args.model_dir, provider=args.provider, precision=args.precision)
     for warning in caught:
         print(f"mind-recbole retrieve: warning: {warning.message}", file=sys.stderr)
     if tower.uses_user_id and args.user is None:
@@ -398,10 +477,15 @@ def retrieve_items(args, _overrides):
     index = None
     if args.ann:
         try:
-            index = build_index(tower.item_vectors, kind="hnsw")
+            index = load_index(args.model_dir, tower.item_vectors, recorded_embeddings_sha256(tower.metadata))
+            if index is None:
+                print(f"mind-recbole retrieve: no saved index in {args.model_dir}: building an HNSW index for this call "
+                      f"(`mind-recbole index --model-dir {args.model_dir}` saves one)", file=sys.stderr)
+                index = build_index(tower.item_vectors, kind="hnsw")
         except ImportError as error:
             print(f"mind-recbole retrieve: error: {error}", file=sys.stderr)
             return 2
+    search = "exact" if index is None else index.kind
     users = [args.user] if args.user is not None else None
     recommendations, mask = retrieve(
         tower, [args.history], topk=args.topk, index=index, exclude_history=not args.include_history,
@@ -416,7 +500,7 @@ def retrieve_items(args, _overrides):
             "active_interests": active,
             "interest_num": tower.interest_num,
             "provider": tower.providers[0],
-            "search": "hnsw" if args.ann else "exact",
+            "search": search,
             "items": [
                 {"rank": rank, "item": r.item, "score": r.score, "interest": r.interest}
                 for rank, r in enumerate(items, 1)
@@ -426,10 +510,55 @@ def retrieve_items(args, _overrides):
         return 0
     print(
         f"top {len(items)} for a history of {len(args.history)} items: {active} of {tower.interest_num} interests "
-        f"active, {'hnsw' if args.ann else 'exact'} search on {tower.providers[0]}"
+        f"active, {search} search on {tower.providers[0]}"
     )
     width = max([len("item")] + [len(r.item) for r in items])
     print(f"{'rank':>4}  {'item'.ljust(width)}  {'score':>10}  interest")
     for rank, r in enumerate(items, 1):
         print(f"{rank:>4}  {r.item.ljust(width)}  {r.score:10.5g}  {r.interest:>8}")
     return 0
+
+
+def index_items(args, _overrides):
+    # numpy + onnxruntime + faiss only, like retrieve.
+    from export.ann_index import build_saved_index, index_paths, index_settings, recorded_embeddings_sha256
+    from export.runtime import UserTower
+
+    settings = index_settings(args.kind, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
+                              ef_construction=args.ef_construction, ef_search=args.ef_search)
+    tower = UserTower(args.model_dir, provider="cpu")  # the export is checked whole (digests, finite rows) first
+    try:
+        index = build_saved_index(args.model_dir, tower.item_vectors, args.kind,
+                                  recorded_embeddings_sha256(tower.metadata), **settings)
+    except ImportError as error:
+        print(f"mind-recbole index: error: {error}", file=sys.stderr)
+        return 2
+    index_file, sidecar = index_paths(args.model_dir)
+    print(f"wrote {index_file} ({index.describe()}, {index.index.ntotal:,} items) and {sidecar}")
+    print(f"next: mind-recbole retrieve --model-dir {args.model_dir} --history ITEM ... --ann")
+    return 0
+
+
+def serve_model(args, _overrides):
+    # onnxruntime + numpy + fastapi only: like retrieve, this must work where torch is not installed.
+    try:
+        from export.service.app import check_settings, create_app, listening_socket, serve
+        from export.service.batch_retrieval import open_retriever
+    except ImportError as error:  # the serve extra
+        print(f"mind-recbole serve: error: {error}", file=sys.stderr)
+        return 2
+    check_settings(max_wait_ms=args.max_wait_ms, timeout_ms=args.timeout_ms)
+    with listening_socket(args.host, args.port) as sock:  # a busy port is an error before the model loads
+        try:
+            retriever = open_retriever(args.model_dir, provider=args.provider, ann=args.ann, max_topk=args.max_topk,
+                                       intra_op_num_threads=args.threads or 0, precision=args.precision)
+        except ImportError as error:  # faiss, for --ann
+            print(f"mind-recbole serve: error: {error}", file=sys.stderr)
+            return 2
+        app = create_app(retriever, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                         timeout_ms=args.timeout_ms, queue_size=args.queue_size)
+        model = retriever.describe()
+        print(f"mind-recbole serve: {model['model']} from {args.model_dir} ({model['items']:,} items, "
+              f"K={model['interest_num']}, {model['provider']}{', HNSW index' if args.ann else ''})", flush=True)
+        return serve(app, sock, log_level=args.log_level, access_log=args.access_log,
+                     announce=lambda line: print(f"mind-recbole serve: {line}", flush=True))

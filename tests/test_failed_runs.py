@@ -84,7 +84,7 @@ def test_export_of_a_model_without_interests_is_one_line_and_writes_nothing(pop_
     out = tmp_path / "export"
     assert cli.main(["export", "--checkpoint", str(pop_checkpoint), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mind-recbole export: error: cannot export a Pop model: export takes a MIND or YouTubeDNN")
+    assert err.startswith("mind-recbole export: error: cannot export a Pop model: export takes a checkpoint of an interest model")
     assert "Traceback" not in err and not out.exists()
 
 

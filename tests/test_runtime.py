@@ -336,3 +336,19 @@ def test_ann_returns_topk_items_whenever_the_catalogue_has_them(kind):
     exact = max_over_interests_topk(interests, mask, items, 294, exclude=exclude)
     full = ann_topk(index, interests, mask, 294, exclude=exclude)
     assert [set(row) for row in full.ids] == [set(row) for row in exact.ids]  # the whole catalogue, as exact
+
+
+def test_tower_on_cuda_gives_the_cpu_interests(mind_export, tower):
+    """The CUDA provider path of the tower (skipped where onnxruntime has no CUDA or no GPU answers)."""
+    if CUDA not in __import__("onnxruntime").get_available_providers():
+        pytest.skip(f"no {CUDA} in this onnxruntime: pip install mind-recbole[gpu] on a GPU machine")
+    try:
+        gpu_tower = UserTower(mind_export[0], provider="cuda", strict=True)
+    except RuntimeError as error:
+        pytest.skip(f"CUDA provider listed but not usable here: {error}")
+    assert gpu_tower.providers[0] == CUDA
+    histories = [tower.item_tokens[1:6], tower.item_tokens[7:9], tower.item_tokens[3:40]]
+    gpu_interests, gpu_mask = gpu_tower.encode(histories)
+    cpu_interests, cpu_mask = tower.encode(histories)
+    np.testing.assert_array_equal(gpu_mask, cpu_mask)
+    np.testing.assert_allclose(gpu_interests, cpu_interests, rtol=1e-3, atol=1e-4)

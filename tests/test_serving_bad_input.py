@@ -90,7 +90,7 @@ def test_onnx_that_is_not_a_user_tower_is_named(mind_export, tmp_path):
     metadata = {"interest_num": "4", "embedding_size": "16", "max_seq_length": "20"}
     float32, int64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
     foreign_graph(model_dir / artifacts.ONNX_FILE, [("x", float32, ["n", 3])], [("y", float32, ["n", 3])], metadata)
-    with pytest.raises(ArtifactError, match="not a MIND / YouTubeDNN user tower") as error:
+    with pytest.raises(ArtifactError, match="not an interest-model user tower") as error:
         UserTower(model_dir, provider="cpu")
     message = str(error.value)
     assert "input 'item_seq' is missing" in message and "output 'interests' is missing" in message

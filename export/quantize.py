@@ -1,0 +1,92 @@
+"""An int8 user tower beside the float one: ONNX Runtime's dynamic quantization (no torch).
+
+``mind-recbole export --quantize int8`` writes ``user_tower.int8.onnx`` next to ``user_tower.onnx``:
+the weights of the tower's matrix products (the ReLU layer(s) and the projection, MatMul / Gemm
+nodes) are stored as int8 with a per-tensor scale, and activations are quantized on the fly
+(``onnxruntime.quantization.quantize_dynamic``, ``QuantType.QInt8``). The routing's
+history-by-capsule products have no constant weight and stay float; so do the item tables
+(a quantized Gather was slower here, see ``results/serving.md``).
+
+The int8 tower is checked against the float one where it matters, the served ranking: both
+towers encode the same histories, both rankings (exact ``max_k`` top-``topk`` over the export's
+item vectors) are compared, and the mean overlap is recorded in ``export_report.json``
+(:func:`ranking_overlap`). ``UserTower(model_dir, precision="int8")`` (CLI ``--precision int8``)
+serves it; the float tower stays the reference.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export import artifacts
+
+QUANTIZATIONS = ("int8",)
+QUANTIZED_OPS = ["MatMul", "Gemm"]
+META_QUANTIZATION = "quantization"  # "int8" in the quantized graph's metadata
+MIN_OVERLAP = 0.99  # below this top-50 overlap with the float tower, export warns
+
+
+@dataclass
+class OverlapReport:
+    """How often the int8 tower's top-``topk`` holds the float tower's items (mean over histories)."""
+
+    topk: int
+    histories: int
+    mean_overlap: float
+    min_overlap: float
+
+    def to_dict(self):
+        return {"topk": self.topk, "histories": self.histories, "mean_overlap": self.mean_overlap, "min_overlap": self.min_overlap}
+
+    def __str__(self):
+        return (
+            f"int8 tower: top-{self.topk} overlap with the float tower {self.mean_overlap:.4f} on average "
+            f"(lowest {self.min_overlap:.2f}) over {self.histories} histories"
+        )
+
+
+def quantize_tower(onnx_path, out_path):
+    """Write the dynamically quantized (int8 weights) copy of ``onnx_path`` to ``out_path``, with
+    ``onnx_path``'s metadata plus ``quantization: int8``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantization_log = logging.getLogger()  # quantize_dynamic warns on the root logger about an optional pre-pass
+    level = quantization_log.level
+    quantization_log.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(onnx_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS)
+    finally:
+        quantization_log.setLevel(level)
+    metadata = {prop.key: prop.value for prop in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    proto = onnx.load(str(out_path))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**metadata, META_QUANTIZATION: "int8"})
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(out_path))
+    return Path(out_path)
+
+
+def ranking_overlap(float_session, int8_session, item_vectors, cases, topk=50):
+    """Mean and lowest overlap of the two towers' top-``topk`` (exact ``max_k``, padding excluded).
+
+    ``cases``: ``(name, item_seq, item_seq_len, user_id or None)`` as
+    :func:`export.onnx_export.parity_cases` gives them.
+    """
+    from export.retrieval import max_over_interests_topk
+
+    names = [i.name for i in float_session.get_inputs()]
+    overlaps = []
+    for _name, seq, seq_len, users in cases:
+        feed = {artifacts.INPUT_ITEM_SEQ: seq, artifacts.INPUT_ITEM_SEQ_LEN: seq_len}
+        if artifacts.INPUT_USER_ID in names:
+            feed[artifacts.INPUT_USER_ID] = users
+        rankings = [
+            max_over_interests_topk(*session.run([artifacts.OUTPUT_INTERESTS, artifacts.OUTPUT_MASK], feed), item_vectors, topk).ids
+            for session in (float_session, int8_session)
+        ]
+        k = rankings[0].shape[1]
+        overlaps += [len(set(a) & set(b)) / k for a, b in zip(*rankings)]
+    return OverlapReport(int(min(topk, len(item_vectors))), len(overlaps), float(np.mean(overlaps)), float(np.min(overlaps)))
