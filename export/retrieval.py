@@ -233,7 +233,10 @@ class _RunningTopK:
         multiple of ``SCAN_GROUP``, excluded items and rows past the catalogue ``-inf``."""
         n = scores.shape[0]
         groups = scores.reshape(n // SCAN_GROUP, SCAN_GROUP, -1)  # [G SCAN_GROUP R], a view
-        hot_group, hot_column = np.divmod(np.flatnonzero(groups.max(axis=1) > self.threshold), len(self.threshold))
+        group_max = groups.max(axis=1)  # [G R]
+        columns = np.flatnonzero(group_max.max(axis=0) > self.threshold)  # interests with a candidate in the chunk
+        hot_group, hot = np.nonzero(group_max[:, columns] > self.threshold[columns])
+        hot_column = columns[hot]
         if hot_group.size:  # groups holding a candidate
             values = groups[hot_group, :, hot_column]  # [H SCAN_GROUP]
             passed = np.flatnonzero(values > self.threshold[hot_column, None])

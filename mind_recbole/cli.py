@@ -253,7 +253,7 @@ def add_serve_parser(commands):
     serve.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime device (default auto)")
     serve.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                        help="user tower graph: fp32 or int8 (user_tower.int8.onnx from export --quantize int8; default fp32)")
-    serve.add_argument("--ann", action="store_true", help="build a faiss HNSW index at start so requests may ask \"ann\": true")
+    serve.add_argument("--ann", action="store_true", help="allow \"ann\": true requests: the index saved by `mind-recbole index`, else an HNSW index built at start")
     serve.add_argument("--max-batch", type=positive_int, default=service.DEFAULT_MAX_BATCH,
                        help=f"requests per user-tower call at most (default {service.DEFAULT_MAX_BATCH})")
     serve.add_argument("--max-wait-ms", type=float, default=service.DEFAULT_MAX_WAIT_MS,
@@ -559,6 +559,6 @@ def serve_model(args, _overrides):
                          timeout_ms=args.timeout_ms, queue_size=args.queue_size)
         model = retriever.describe()
         print(f"mind-recbole serve: {model['model']} from {args.model_dir} ({model['items']:,} items, "
-              f"K={model['interest_num']}, {model['provider']}{', HNSW index' if args.ann else ''})", flush=True)
+              f"K={model['interest_num']}, {model['provider']}{', ' + retriever.index.kind + ' index' if retriever.index is not None else ''})", flush=True)
         return serve(app, sock, log_level=args.log_level, access_log=args.access_log,
                      announce=lambda line: print(f"mind-recbole serve: {line}", flush=True))

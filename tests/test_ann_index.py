@@ -218,6 +218,9 @@ def test_index_command_then_retrieve_uses_the_saved_index(mind_export, tmp_path,
     captured = capsys.readouterr()
     payload = json.loads(captured.out)
     assert payload["search"] == "ivf" and len(payload["items"]) == 5 and captured.err == ""
+    from export.service.batch_retrieval import open_retriever
+
+    assert open_retriever(model_dir, provider="cpu", ann=True).describe()["ann_index"] == "ivf"  # the service loads it too
 
     assert main(["index", "--model-dir", str(model_dir), "--kind", "hnsw", "--nlist", "8"]) == 2
     assert "nlist is a setting of ivf indexes" in capsys.readouterr().err

@@ -523,6 +523,8 @@ def test_cli_serve_starts_on_a_free_port_without_torch_and_stops_on_ctrl_c(mind_
     process = subprocess.Popen(
         [sys.executable, "-c", BLOCKED_RUN, "serve", "--model-dir", str(model_dir), "--port", "0", "--provider", "cpu"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as from a terminal: a test run started in the background inherits SIGINT ignored, and so would the server
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = [process.stdout.readline() for _ in range(2)]

@@ -26,6 +26,7 @@ import logging
 import numpy as np
 
 from export import artifacts
+from export.ann_index import load_index, recorded_embeddings_sha256
 from export.artifacts import ArtifactError, listed
 from export.retrieval import build_index, retrieve
 from export.runtime import UserTower
@@ -75,10 +76,13 @@ class Answer:
 def open_retriever(model_dir, provider="auto", ann=False, max_topk=DEFAULT_MAX_TOPK, intra_op_num_threads=0,
                    precision="fp32"):
     """A :class:`BatchRetriever` over ``model_dir`` (loaded and checked once; ``precision`` picks the
-    float or the int8 tower), with a faiss HNSW index when ``ann`` (``ImportError`` with the install
-    hint without faiss)."""
+    float or the int8 tower), with a faiss index when ``ann``: the one saved by ``mind-recbole index``,
+    else an HNSW index built at start (``ImportError`` with the install hint without faiss)."""
     tower = UserTower(model_dir, provider=provider, intra_op_num_threads=intra_op_num_threads, precision=precision)
-    index = build_index(tower.item_vectors, kind="hnsw") if ann else None
+    index = None
+    if ann:  # the index `mind-recbole index` saved in the model dir (checked against the embeddings), else one built now
+        index = load_index(model_dir, tower.item_vectors, recorded_embeddings_sha256(tower.metadata))
+        index = index or build_index(tower.item_vectors, kind="hnsw")
     return BatchRetriever(tower, index=index, max_topk=max_topk)
 
 
