@@ -37,7 +37,8 @@ def main(argv=None):
     arguments = list(sys.argv[1:] if argv is None else argv)
     dashes = [a for a in arguments if a.startswith("--") and a.endswith("=--")]
     if dashes:  # argparse drops a value of "--" and passes [] on, past the option's type check
-        parser.error(f"{dashes[0]}: '--' is not a value")
+        print(f"mind-recbole: error: {dashes[0]}: got '--', which is not a value", file=sys.stderr)
+        return 2
     args, overrides = parser.parse_known_args(arguments)
     args.raw_argv = arguments[1:]
     if overrides and args.command not in ("train", "compare"):
