@@ -177,22 +177,20 @@ def bench_tower(args, rows):
         f"max_seq_length={model.max_seq_length}; {threads} thread(s) for torch and for ONNX Runtime; parity max abs diff {parity.max_abs_diff['interests']:.2g}"
     )
     if overlap is not None:
-        info += f"; int8 tower: top-{args.topk} overlap with the float tower {overlap[0]:.4f} over the {overlap[1]:,} test users' histories"
+        info += f"; int8 tower: top-{args.topk} overlap with the float tower {overlap.mean_overlap:.4f} over the {overlap.histories:,} test users' histories"
     return info
 
 
 def int8_overlap(tower, int8_tower, histories, topk):
-    """Mean top-``topk`` overlap of the int8 and float towers (exact max-over-K) over real histories."""
-    from export.retrieval import max_over_interests_topk
+    """:func:`export.quantize.ranking_overlap` of the int8 and float towers over real histories (batches of 256)."""
+    from export.quantize import ranking_overlap
 
     item_seq, lengths = histories
-    overlaps = []
-    for start in range(0, len(lengths), 256):
-        seq, seq_len = item_seq[start : start + 256], lengths[start : start + 256]
-        seq = seq[:, : int(seq_len.max())]
-        ids = [max_over_interests_topk(*t.run(seq, seq_len), tower.item_vectors, topk).ids for t in (tower, int8_tower)]
-        overlaps += [len(set(a) & set(b)) / ids[0].shape[1] for a, b in zip(*ids)]
-    return float(np.mean(overlaps)), len(overlaps)
+    cases = [
+        ("test", item_seq[start : start + 256, : int(lengths[start : start + 256].max())], lengths[start : start + 256], None)
+        for start in range(0, len(lengths), 256)
+    ]
+    return ranking_overlap(tower.session, int8_tower.session, tower.item_vectors, cases, topk)
 
 
 # ---------------------------------------------------------------------------------------------- scoring

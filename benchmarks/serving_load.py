@@ -2,7 +2,7 @@
 
 The server is the real command (``python -m mind_recbole serve --model-dir DIR --port 0``) in its
 own process, micro-batching concurrent requests (``--max-batch``, ``--max-wait-ms``,
-``--timeout-ms`` are passed on). The clients are threads of this process, each with its own
+``--timeout-ms`` are passed on when given). The clients are threads of this process, each with its own
 keep-alive HTTP/1.1 connection (``export.service.client``, standard library ``http.client``), in a
 closed loop: a client sends its next request as soon as the previous answer has arrived. A
 request is one user: ``POST /retrieve`` with a history of real item tokens, exact top-``--topk``
@@ -67,6 +67,7 @@ from serving import cpu_model, table, usable_cores  # noqa: E402  (benchmarks/se
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
 SYNTHETIC_TOKEN = "SYNTHETIC-{:08d}"
+SERVER_OPTIONS = ("--max-batch", "--max-wait-ms", "--timeout-ms")  # `mind-recbole serve` options passed on
 
 
 # ---------------------------------------------------------------------------------------------- the export
@@ -268,9 +269,9 @@ def main(argv=None):
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per client count at most (default 60)")
     parser.add_argument("--topk", type=int, default=50)
     parser.add_argument("--lengths", type=int, nargs=2, metavar=("MIN", "MAX"), help="history lengths (default 1 .. 2 x max_seq_length)")
-    parser.add_argument("--max-batch", type=int, default=64, help="server --max-batch (default 64; 1: no batching)")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="server --max-wait-ms (default 2)")
-    parser.add_argument("--timeout-ms", type=float, default=2000.0, help="server --timeout-ms (default 2000)")
+    for option in SERVER_OPTIONS:  # passed on when given; the server's own defaults otherwise
+        parser.add_argument(option, type=float if option.endswith("-ms") else int,
+                            help=f"server {option} (default: the server's{'; 1: no batching' if option == '--max-batch' else ''})")
     parser.add_argument("--verify-every", type=int, default=25, help="check every N-th answer against the in-process reference (default 25)")
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. what else was running)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "serving_load.md")
@@ -278,7 +279,8 @@ def main(argv=None):
     command = " ".join(["python benchmarks/serving_load.py", shlex.join(sys.argv[1:] if argv is None else argv)])
     env_prefix = " ".join(f"{k}={os.environ[k]}" for k in THREAD_VARIABLES if k in os.environ)
     command = f"{env_prefix} {command}".strip()
-    server_args = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--timeout-ms", str(args.timeout_ms)]
+    given = {option: getattr(args, option[2:].replace("-", "_")) for option in SERVER_OPTIONS}
+    server_args = [f"{option}={value}" for option, value in given.items() if value is not None]
 
     with tempfile.TemporaryDirectory() as folder:
         model_dir = args.model_dir
@@ -328,7 +330,8 @@ def main(argv=None):
         f"## HTTP load test, {started}",
         "",
         f"- command: `{command}`",
-        f"- server: `mind-recbole serve --port 0 --provider cpu {' '.join(server_args)}` (FastAPI + uvicorn, its own "
+        f"- server: `{' '.join(['mind-recbole serve --port 0 --provider cpu', *server_args])}` (batching "
+        f"{metadata['batching']}; FastAPI + uvicorn, its own "
         f"process); clients: threads of the benchmark process, one keep-alive `http.client` connection each, closed loop",
         f"- model: {metadata['model']} from `{metadata.get('checkpoint') or args.model_dir or args.checkpoint}` "
         f"(dataset {metadata['dataset']}, K={metadata['interest_num']}, D={metadata['embedding_size']}, "

@@ -207,6 +207,17 @@ def _check_digest(path, recorded, verify_digests, recorder, rebuild):
                             field="sha256")
 
 
+def tower_index(tower, on_build=None):
+    """The index ``mind-recbole index`` saved in ``tower``'s export (checked against its item
+    embeddings), else an HNSW index built now, after calling ``on_build()`` (to say so)."""
+    index = load_index(tower.model_dir, tower.item_vectors, recorded_embeddings_sha256(tower.metadata))
+    if index is None:
+        if on_build is not None:
+            on_build()
+        index = build_index(tower.item_vectors, kind="hnsw")
+    return index
+
+
 def recorded_embeddings_sha256(metadata):
     """The SHA-256 of ``item_embeddings.npy`` that ``user_tower.onnx`` recorded (``UserTower.metadata``),
     which the tower compared with the file at load; None when not recorded."""

@@ -603,7 +603,8 @@ def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, ch
         raise ExportError(f"the exported graph has random ops {random_ops}; export a model in eval mode")
     metadata = build_metadata(model, dataset.dataset_name, exporter_used, checkpoint)
     metadata[artifacts.META_OPSET] = str(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), ""))
-    metadata[artifacts.META_FILE_DIGESTS] = json.dumps({path.name: artifacts.file_digest(path) for path in side_files})
+    digests = {path.name: artifacts.file_digest(path) for path in side_files}  # reused by the manifest
+    metadata[artifacts.META_FILE_DIGESTS] = json.dumps(digests)
     set_metadata(proto, metadata)
     onnx_path = out_dir / artifacts.ONNX_FILE
     save_onnx(proto, onnx_path)
@@ -623,7 +624,7 @@ def _write_export(model, dataset, out_dir, opset, atol, exporter, checkpoint, ch
     (out_dir / artifacts.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     result.files.append(out_dir / artifacts.REPORT_FILE)
     manifest = {
-        "files": {path.name: artifacts.file_digest(path) for path in result.files},
+        "files": {path.name: digests.get(path.name) or artifacts.file_digest(path) for path in result.files},
         "checkpoint": {"name": metadata[artifacts.META_CHECKPOINT], "sha256": metadata[artifacts.META_CHECKPOINT_SHA256]},
         "versions": {key: metadata[key] for key in artifacts.META_VERSIONS},
     }

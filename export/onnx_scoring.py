@@ -21,13 +21,11 @@ not import torch), once per scorer. On the CPU provider the scorer gives the sam
 what the tests check where no GPU exists; on the CPU, numpy's scoring is the faster path.
 """
 
-import warnings
-
 import numpy as np
 import onnxruntime as ort
 
 from export.retrieval import TopK, _check_inputs, _exclusion_pairs, _sort_rows
-from export.runtime import CUDA, ProviderFallbackWarning, select_providers
+from export.runtime import CUDA, check_cuda_enabled, select_providers
 
 CHUNK_ITEMS = 1 << 18  # item rows per device chunk (64 MiB of float32 at D = 64)
 GRAPH_OPSET = 18  # ReduceMax takes its axes as an input from opset 18
@@ -99,12 +97,8 @@ class OnnxScorer:
         requested = select_providers(provider, strict=strict)
         self.session = ort.InferenceSession(scoring_graph(self.dim).SerializeToString(), options, providers=requested)
         self.providers = self.session.get_providers()
+        check_cuda_enabled(requested, self.providers, strict, session="scoring session")
         self.device = "cuda" if CUDA in self.providers else "cpu"
-        if CUDA in requested and self.device != "cuda":
-            message = f"{CUDA} is listed but the scoring session could not enable it (CUDA / cuDNN libraries?)"
-            if strict:
-                raise RuntimeError(message)
-            warnings.warn(message + "; scoring on CPU", ProviderFallbackWarning, stacklevel=2)
         self.chunk_size = max(1, int(chunk_size))
         self.chunks = [  # (first item id, the chunk as an OrtValue on the device)
             (start, ort.OrtValue.ortvalue_from_numpy(item_vectors[start : start + self.chunk_size], self.device, 0))

@@ -86,12 +86,14 @@ def weight_products(proto):
 
 
 def ranking_overlap(float_session, int8_session, item_vectors, cases, topk=50):
-    """Mean and lowest overlap of the two towers' top-``topk`` (exact ``max_k``, padding excluded).
+    """Mean and lowest overlap of the two towers' top-``topk`` (exact ``max_k``, padding excluded):
+    per history, the share of the float tower's items that the int8 tower also ranks
+    (:func:`export.retrieval.user_recalls`).
 
     ``cases``: ``(name, item_seq, item_seq_len, user_id or None)`` as
     :func:`export.onnx_export.parity_cases` gives them.
     """
-    from export.retrieval import max_over_interests_topk
+    from export.retrieval import max_over_interests_topk, user_recalls
 
     names = [i.name for i in float_session.get_inputs()]
     overlaps = []
@@ -99,10 +101,10 @@ def ranking_overlap(float_session, int8_session, item_vectors, cases, topk=50):
         feed = {artifacts.INPUT_ITEM_SEQ: seq, artifacts.INPUT_ITEM_SEQ_LEN: seq_len}
         if artifacts.INPUT_USER_ID in names:
             feed[artifacts.INPUT_USER_ID] = users
-        rankings = [
+        exact, quantized = (
             max_over_interests_topk(*session.run([artifacts.OUTPUT_INTERESTS, artifacts.OUTPUT_MASK], feed), item_vectors, topk).ids
             for session in (float_session, int8_session)
-        ]
-        k = rankings[0].shape[1]
-        overlaps += [len(set(a) & set(b)) / k for a, b in zip(*rankings)]
+        )
+        overlaps.append(user_recalls(quantized, exact))
+    overlaps = np.concatenate(overlaps)
     return OverlapReport(int(min(topk, len(item_vectors))), len(overlaps), float(np.mean(overlaps)), float(np.min(overlaps)))

@@ -468,15 +468,20 @@ def _users_served_short(result, index, topk, exclude):
     return np.nonzero(served < np.minimum(topk, available))[0]
 
 
-def recall_at_n(approx_ids, exact_ids):
-    """Mean over users of ``|approx ∩ exact| / |exact|`` (ids ``-1`` ignored)."""
-    approx_ids, exact_ids = np.asarray(approx_ids), np.asarray(exact_ids)
+def user_recalls(approx_ids, exact_ids):
+    """``|approx ∩ exact| / |exact|`` of each user with an exact item (ids ``-1`` ignored), ``[users]``."""
     recalls = []
-    for approx, exact in zip(approx_ids, exact_ids):
+    for approx, exact in zip(np.asarray(approx_ids), np.asarray(exact_ids)):
         exact = set(exact[exact >= 0].tolist())
         if exact:
             recalls.append(len(exact & set(approx[approx >= 0].tolist())) / len(exact))
-    return float(np.mean(recalls)) if recalls else 1.0
+    return np.asarray(recalls, dtype=np.float64)
+
+
+def recall_at_n(approx_ids, exact_ids):
+    """Mean over users of ``|approx ∩ exact| / |exact|`` (ids ``-1`` ignored; 1.0 without exact items)."""
+    recalls = user_recalls(approx_ids, exact_ids)
+    return float(recalls.mean()) if recalls.size else 1.0
 
 
 def ann_recall(index, interests, mask, item_vectors, topk=50, exclude=None, chunk_size=None):

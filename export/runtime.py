@@ -75,7 +75,7 @@ FINITE_CHECK_ROWS = 1 << 16  # rows of item_embeddings.npy scanned per step for 
 
 __all__ = [
     "ArtifactError", "EmptyHistoryError", "InputError", "ItemIdError", "ProviderFallbackWarning",
-    "UnknownItemError", "UserTower", "check_session_graph", "load_tokens", "verify_file_digests", "read_item_vectors", "read_metadata",
+    "UnknownItemError", "UserTower", "check_cuda_enabled", "check_session_graph", "load_tokens", "verify_file_digests", "read_item_vectors", "read_metadata",
     "select_providers",
 ]
 
@@ -102,6 +102,17 @@ def select_providers(provider="auto", strict=False):
             raise RuntimeError(message)
         warnings.warn(message + "; running on CPU", ProviderFallbackWarning, stacklevel=3)
     return [CPU]
+
+
+def check_cuda_enabled(requested, providers, strict=False, session="session"):
+    """After opening a session on :func:`select_providers`' ``requested`` list: when CUDA was listed
+    but the session's ``providers`` lack it (CUDA / cuDNN libraries missing), warn
+    (:class:`ProviderFallbackWarning`) that it runs on CPU, or raise ``RuntimeError`` when ``strict``."""
+    if CUDA in requested and CUDA not in providers:
+        message = f"{CUDA} is listed but the {session} could not enable it (CUDA / cuDNN libraries?)"
+        if strict:
+            raise RuntimeError(message)
+        warnings.warn(message + "; running on CPU", ProviderFallbackWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -331,11 +342,7 @@ class UserTower:
             options.intra_op_num_threads = int(intra_op_num_threads)
         self.session = open_session(onnx_path, options, requested)
         self.providers = self.session.get_providers()
-        if CUDA in requested and CUDA not in self.providers:
-            message = f"{CUDA} is listed but the session could not enable it (CUDA / cuDNN libraries?)"
-            if strict:
-                raise RuntimeError(message)
-            warnings.warn(message + "; running on CPU", ProviderFallbackWarning, stacklevel=2)
+        check_cuda_enabled(requested, self.providers, strict)
 
         check_session_graph(self.session, onnx_path)
         self.metadata = read_metadata(self.session, onnx_path)

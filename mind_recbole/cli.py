@@ -348,19 +348,17 @@ def compare_command(args, overrides):
     from mind_recbole.compare import PROTOCOL_GROUPS, compare
 
     config_files = chosen_config_files(args, overrides=overrides)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    groups = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    models, groups = comma_list(args.models), comma_list(args.protocols)
     unknown = [p for p in groups if p not in PROTOCOL_GROUPS]
     if unknown or not groups:
         raise ValueError(f"--protocols: unknown {unknown}; choose from {', '.join(PROTOCOL_GROUPS)}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     recbole_command_line()  # overrides go to every run through config_dict
-    seed_models = [m.strip() for m in args.seed_models.split(",") if m.strip()]
     paths = compare(
         args.dataset, models, config_files, args.seeds, args.out, groups,
         overrides=parse_override_values(overrides), rerun=args.rerun, report_only=args.report_only,
-        seed_models=seed_models, valid_only=args.valid_only,
+        seed_models=comma_list(args.seed_models), valid_only=args.valid_only,
         config_dir=Path(config_files[0]).parent if config_files else Path("configs"),
         command="mind-recbole compare " + " ".join(args.raw_argv),
     )
@@ -368,6 +366,11 @@ def compare_command(args, overrides):
         if path:
             print(f"wrote {path}")
     return 0
+
+
+def comma_list(text):
+    """``"MIND, Pop,"`` -> ``["MIND", "Pop"]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def parse_override_values(overrides):
@@ -456,8 +459,8 @@ def retrieve_items(args, _overrides):
     # onnxruntime + numpy only: this must work where torch is not installed.
     import warnings
 
-    from export.ann_index import load_index, recorded_embeddings_sha256
-    from export.retrieval import build_index, retrieve
+    from export.ann_index import tower_index
+    from export.retrieval import retrieve
     from export.runtime import ProviderFallbackWarning, UserTower
 
     if args.topk < 1:
@@ -478,11 +481,9 @@ def retrieve_items(args, _overrides):
     index = None
     if args.ann:
         try:
-            index = load_index(args.model_dir, tower.item_vectors, recorded_embeddings_sha256(tower.metadata))
-            if index is None:
-                print(f"mind-recbole retrieve: no saved index in {args.model_dir}: building an HNSW index for this call "
-                      f"(`mind-recbole index --model-dir {args.model_dir}` saves one)", file=sys.stderr)
-                index = build_index(tower.item_vectors, kind="hnsw")
+            index = tower_index(tower, on_build=lambda: print(
+                f"mind-recbole retrieve: no saved index in {args.model_dir}: building an HNSW index for this call "
+                f"(`mind-recbole index --model-dir {args.model_dir}` saves one)", file=sys.stderr))
         except ImportError as error:
             print(f"mind-recbole retrieve: error: {error}", file=sys.stderr)
             return 2
@@ -559,7 +560,8 @@ def serve_model(args, _overrides):
         app = create_app(retriever, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          timeout_ms=args.timeout_ms, queue_size=args.queue_size)
         model = retriever.describe()
+        index = f", {model['ann_index']} index" if model["ann_index"] else ""
         print(f"mind-recbole serve: {model['model']} from {args.model_dir} ({model['items']:,} items, "
-              f"K={model['interest_num']}, {model['provider']}{', ' + retriever.index.kind + ' index' if retriever.index is not None else ''})", flush=True)
+              f"K={model['interest_num']}, {model['provider']}{index})", flush=True)
         return serve(app, sock, log_level=args.log_level, access_log=args.access_log,
                      announce=lambda line: print(f"mind-recbole serve: {line}", flush=True))

@@ -14,7 +14,8 @@ On top of RecBole the trainer
 - scores sampled-negative evaluation rows from one full ranking per distinct history when
   ``score_sampled_from_full_ranking`` is set (the same numbers as ``predict``, 101 times fewer
   history encodings);
-- removes the empty checkpoint it reserved when training fails before writing it, and calls
+- removes the empty checkpoint it reserved when training fails before writing it or runs with
+  ``saved=False``, and calls
   ``on_checkpoint(epoch)`` after each checkpoint it writes.
 """
 
@@ -75,10 +76,13 @@ class MindTrainerMixin:
     # ------------------------------------------------------------------ training
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         try:
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         except BaseException:
             remove_if_empty(self.saved_model_file)  # reserved, never written: no empty checkpoint left
             raise
+        if not saved:  # a run that saves nothing (benchmarks, tuning) leaves no reserved name behind
+            remove_if_empty(self.saved_model_file)
+        return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = time.perf_counter()

@@ -82,6 +82,19 @@ def beauty_mini_path(tmp_path_factory):
     return data_path
 
 
+@pytest.fixture
+def workdir(beauty_mini_path, tmp_path, monkeypatch):
+    """A private copy of beauty-mini's atomic files under ``tmp_path/data`` (tests alter them), the
+    working directory (RecBole writes log/ there) and ``sys.argv`` restored after a command trims it."""
+    import shutil
+    import sys
+
+    shutil.copytree(beauty_mini_path / "amazon-beauty-mini", tmp_path / "data" / "amazon-beauty-mini")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def synthetic_amazon(tmp_path_factory):
     """``(reviews, meta)``: a small synthetic data set in the McAuley format (tests/synthetic_amazon.py)."""
@@ -107,8 +120,9 @@ def beauty_mini_data(beauty_mini_path):
 AMAZON_CONFIG = PROJECT_ROOT / "configs" / "amazon-beauty.yaml"
 
 
-def train_tiny_checkpoint(model, data_path, workdir, dataset="amazon-beauty-mini", **overrides):
-    """Train ``model`` for 1 epoch on beauty-mini (cwd = ``workdir``, sys.argv trimmed); the checkpoint path."""
+def train_tiny_checkpoint(model, data_path, workdir, dataset="amazon-beauty-mini", saved=True, **overrides):
+    """Train ``model`` for 1 epoch on beauty-mini (cwd = ``workdir``, sys.argv trimmed); the checkpoint path
+    (None with ``saved=False``)."""
     import sys
 
     from mind_recbole import run_recbole
@@ -123,9 +137,9 @@ def train_tiny_checkpoint(model, data_path, workdir, dataset="amazon-beauty-mini
         patch.chdir(workdir)
         patch.setattr(sys, "argv", sys.argv[:1])
         result = run_recbole(
-            model=model, dataset=dataset, config_file_list=[str(AMAZON_CONFIG)], config_dict=config_dict
+            model=model, dataset=dataset, config_file_list=[str(AMAZON_CONFIG)], config_dict=config_dict, saved=saved
         )
-    return Path(result["saved_model_file"])
+    return Path(result["saved_model_file"]) if saved else result["saved_model_file"]
 
 
 def load_checkpoint(checkpoint, workdir):

@@ -3,8 +3,6 @@ identical call reuses, ``--rerun``, a changed setting and re-prepared data retra
 ``--valid-only`` never evaluates the test split and is never taken for a tested run."""
 
 import json
-import shutil
-import sys
 
 import pytest
 
@@ -15,16 +13,6 @@ from tests.conftest import AMAZON_CONFIG
 DATASET = "amazon-beauty-mini"
 TINY = ["--epochs=2", "--MAX_ITEM_LIST_LENGTH=20", "--embedding_size=16", "--num_negatives=64",
         "--train_batch_size=512", "--state=WARNING", "--use_gpu=False", "--torch_threads=1"]
-
-
-@pytest.fixture
-def workdir(beauty_mini_path, tmp_path, monkeypatch):
-    """A private copy of beauty-mini's atomic files (the tests alter them), the working directory
-    (RecBole writes log/ there) and ``sys.argv`` restored after the command trims it."""
-    shutil.copytree(beauty_mini_path / DATASET, tmp_path / "data" / DATASET)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    return tmp_path
 
 
 @pytest.fixture

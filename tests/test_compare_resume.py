@@ -9,7 +9,7 @@ from mind_recbole.compare import progress as run_progress
 from mind_recbole.compare.progress import PartialRun, partial_path, read_partial, write_partial
 from mind_recbole.compare.runner import PROTOCOL_GROUPS
 from mind_recbole.trainer import MindTrainerMixin
-from tests.test_compare_cache import compare, workdir  # noqa: F401 - workdir is a fixture
+from tests.test_compare_cache import compare
 
 
 def partial(checkpoint, epoch=0, epochs=3, config_hash="h", fingerprint="f"):

@@ -75,6 +75,12 @@ def test_training_that_fails_leaves_no_empty_checkpoint(synthetic_path, tmp_path
     assert (tmp_path / "saved").is_dir() and list((tmp_path / "saved").iterdir()) == []
 
 
+def test_a_run_that_saves_nothing_leaves_no_empty_checkpoint(synthetic_path, tmp_path):
+    """``saved=False`` (benchmarks/epoch_speed.py, tuning) once left its reserved name behind, 0 bytes."""
+    assert train_tiny_checkpoint("MIND", synthetic_path, tmp_path, dataset="amazon-syn", saved=False) is None
+    assert (tmp_path / "saved").is_dir() and list((tmp_path / "saved").iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def pop_checkpoint(synthetic_path, tmp_path_factory):
     return train_tiny_checkpoint("Pop", synthetic_path, tmp_path_factory.mktemp("pop"), dataset="amazon-syn")

@@ -140,7 +140,7 @@ def test_bad_config_is_a_clear_error(overrides, message, beauty_mini_path, beaut
 
 def test_negative_sampling_distribution_excludes_padding(beauty_mini_path, beauty_mini_data):
     model = build(MIND, beauty_mini_path, beauty_mini_data)
-    probs = model.negative_log_probs.exp()
+    probs = model.negative_probs
     assert probs[0] == 0 and torch.isclose(probs.sum(), torch.tensor(1.0))
     counts = torch.bincount(beauty_mini_data[2]._dataset.inter_feat["item_id"], minlength=model.n_items)
     popular, rare = int(counts[1:].argmax()) + 1, int(counts[1:].argmin()) + 1

@@ -1,7 +1,7 @@
 """Exact max-over-interests top-k (``export.retrieval.max_over_interests_topk``) against a brute-force reference.
 
-The reference scores the whole catalogue in float64, masks inactive interests, padding and
-exclusions, and sorts each row by score descending then item id ascending. Cases with ties use
+The reference (``tests/reference_topk.py``) scores the whole catalogue in float64, masks inactive
+interests, padding and exclusions, and sorts each row by score descending then item id ascending. Cases with ties use
 small integer or dyadic vectors, whose float32 products and sums are exact, so equal scores are
 equal in both and the tie order is checked exactly.
 """
@@ -10,23 +10,7 @@ import numpy as np
 import pytest
 
 from export.retrieval import SCAN_GROUP, max_over_interests_topk
-
-
-def reference(interests, mask, items, topk, exclude=None, exclude_padding=True):
-    """``(ids, scores, interests)``, each ``[B, min(topk, N)]``, from the full ``[B, K, N]`` score tensor."""
-    scores = np.einsum("bkd,nd->bkn", interests.astype(np.float64), items.astype(np.float64))  # [B K N]
-    scores[~mask] = -np.inf
-    best, winner = scores.max(axis=1), scores.argmax(axis=1)  # [B N]; argmax: the first of tied interests
-    if exclude_padding:
-        best[:, 0] = -np.inf
-    for row, ids in enumerate(exclude or []):
-        best[row, np.asarray(ids, dtype=np.int64)] = -np.inf
-    topk = min(topk, items.shape[0])
-    order = np.lexsort((np.broadcast_to(np.arange(items.shape[0]), best.shape), -best), axis=1)[:, :topk]
-    ids, top, won = order, np.take_along_axis(best, order, 1), np.take_along_axis(winner, order, 1)
-    empty = np.isneginf(top)
-    ids[empty], won[empty] = -1, -1
-    return ids, top, won
+from tests.reference_topk import reference_topk
 
 
 def assert_matches_reference(result, expected, exact_scores=False):
@@ -76,7 +60,7 @@ def test_random_cases_equal_the_reference(seed, chunk_size, kind):
     topk = [1, 20, 64][seed]
     chunk = n_items if chunk_size == "N" else chunk_size
     result = max_over_interests_topk(interests, mask, items, topk, chunk_size=chunk, exclude=exclude)
-    assert_matches_reference(result, reference(interests, mask, items, topk, exclude), exact_scores=kind != "gaussian")
+    assert_matches_reference(result, reference_topk(interests, mask, items, topk, exclude), exact_scores=kind != "gaussian")
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 100, 1000])
@@ -99,7 +83,7 @@ def test_ties_at_the_boundary_across_chunks_keep_the_smallest_ids():
     interests = np.array([[[1.0, 0.0]]], np.float32)
     for chunk_size in (1, 3, 64, 400):
         result = max_over_interests_topk(interests, None, items, 80, chunk_size=chunk_size)
-        expected = reference(interests, np.ones((1, 1), bool), items, 80)
+        expected = reference_topk(interests, np.ones((1, 1), bool), items, 80)
         assert_matches_reference(result, expected, exact_scores=True)
         assert result.ids[0, :50].tolist() == list(range(350, 400))
         assert result.ids[0, 50:].tolist() == [i for i in range(350) if i % 4 == 0][1:31]  # score 3, id 0 excluded
@@ -111,7 +95,7 @@ def test_padding_is_returned_only_when_not_excluded():
     for exclude_padding in (True, False):
         result = max_over_interests_topk(interests, mask, items, 30, chunk_size=16, exclude_padding=exclude_padding)
         assert_matches_reference(
-            result, reference(interests, mask, items, 30, exclude_padding=exclude_padding), exact_scores=True
+            result, reference_topk(interests, mask, items, 30, exclude_padding=exclude_padding), exact_scores=True
         )
     assert (result.ids == 0).any()  # exclude_padding=False: item 0 is an ordinary item here
 
@@ -124,7 +108,7 @@ def test_fewer_eligible_items_than_topk_are_padded_with_minus_one(chunk_size):
     everything_but = [i for i in range(500) if i not in keep]
     exclude = [everything_but * 2, list(range(500)), [3, 3, 3]]
     result = max_over_interests_topk(interests, mask, items, 10, chunk_size=chunk_size, exclude=exclude)
-    assert_matches_reference(result, reference(interests, mask, items, 10, exclude))
+    assert_matches_reference(result, reference_topk(interests, mask, items, 10, exclude))
     assert sorted(result.ids[0, :3]) == keep and (result.ids[0, 3:] == -1).all()
     assert np.isneginf(result.scores[0, 3:]).all() and (result.interests[0, 3:] == -1).all()
     assert (result.ids[1] == -1).all() and np.isneginf(result.scores[1]).all()
@@ -135,7 +119,7 @@ def test_topk_above_the_catalogue_is_the_whole_catalogue():
     _, interests, mask, items = problem(9, 2, 2, 4, 40, "integer")
     result = max_over_interests_topk(interests, mask, items, 100, chunk_size=7)
     assert result.ids.shape == (2, 40)  # topk is clipped to the catalogue
-    assert_matches_reference(result, reference(interests, mask, items, 100), exact_scores=True)
+    assert_matches_reference(result, reference_topk(interests, mask, items, 100), exact_scores=True)
     assert sorted(result.ids[0, :39]) == list(range(1, 40)) and result.ids[0, 39] == -1
 
 
@@ -145,7 +129,7 @@ def test_long_catalogue_with_many_merges():
     exclude = [rng.integers(1, 6000, 30) for _ in range(16)]
     for topk, chunk_size in ((5, 64), (50, 256), (200, 1000)):
         result = max_over_interests_topk(interests, mask, items, topk, chunk_size=chunk_size, exclude=exclude)
-        assert_matches_reference(result, reference(interests, mask, items, topk, exclude))
+        assert_matches_reference(result, reference_topk(interests, mask, items, topk, exclude))
 
 
 def test_memory_mapped_items_and_single_interest_input(tmp_path):
@@ -153,10 +137,10 @@ def test_memory_mapped_items_and_single_interest_input(tmp_path):
     np.save(tmp_path / "items.npy", items)
     mapped = np.load(tmp_path / "items.npy", mmap_mode="r")
     result = max_over_interests_topk(interests, mask, mapped, 25, chunk_size=100, exclude=[[5], [], [1, 2], [699]])
-    assert_matches_reference(result, reference(interests, mask, items, 25, [[5], [], [1, 2], [699]]), exact_scores=True)
+    assert_matches_reference(result, reference_topk(interests, mask, items, 25, [[5], [], [1, 2], [699]]), exact_scores=True)
     one = interests[np.arange(4), mask.argmax(axis=1)]  # [B D] an active interest of each user
     single = max_over_interests_topk(one, None, mapped, 25, chunk_size=64)  # K = 1, no mask
-    assert_matches_reference(single, reference(one[:, None], np.ones((4, 1), bool), items, 25), exact_scores=True)
+    assert_matches_reference(single, reference_topk(one[:, None], np.ones((4, 1), bool), items, 25), exact_scores=True)
     assert (single.interests == 0).all()
 
 

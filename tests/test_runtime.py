@@ -18,18 +18,7 @@ from export.artifacts import ArtifactError
 from export.retrieval import ann_recall, ann_topk, build_index, max_over_interests_topk, recall_at_n
 from export.runtime import CPU, CUDA, ProviderFallbackWarning, UserTower, select_providers
 from tests.conftest import PROJECT_ROOT
-
-
-def brute_force(interests, mask, items, topk, exclude=None, exclude_padding=True):
-    scores = np.einsum("bkd,nd->bkn", interests.astype(np.float64), items.astype(np.float64))
-    scores[~mask] = -np.inf
-    best, winner = scores.max(1), scores.argmax(1)
-    if exclude_padding:
-        best[:, 0] = -np.inf
-    for row, ids in enumerate(exclude or []):
-        best[row, ids] = -np.inf
-    order = np.argsort(-best, axis=1, kind="stable")[:, :topk]
-    return order, np.take_along_axis(best, order, 1), np.take_along_axis(winner, order, 1)
+from tests.reference_topk import reference_topk
 
 
 def random_problem(seed, batch, k, dim, n_items):
@@ -55,7 +44,7 @@ def test_exact_topk_equals_brute_force(seed, batch, k, n_items, topk, chunk_size
     rng, interests, mask, items = random_problem(seed, batch, k, 8, n_items)
     exclude = [rng.choice(n_items, rng.integers(0, min(4, n_items)), replace=False) for _ in range(batch)]
     result = max_over_interests_topk(interests, mask, items, topk, chunk_size=chunk_size, exclude=exclude)
-    expected_ids, expected_scores, expected_interest = brute_force(interests, mask, items, min(topk, n_items), exclude)
+    expected_ids, expected_scores, expected_interest = reference_topk(interests, mask, items, topk, exclude)
     finite = np.isfinite(expected_scores)
     assert result.ids.shape == expected_ids.shape
     assert np.array_equal(result.ids[finite], expected_ids[finite])
@@ -70,7 +59,7 @@ def test_exact_topk_chunks_not_dividing_n_and_masked_interests(chunk_size):
     _, interests, mask, items = random_problem(0, 5, 4, 16, 3001)
     mask[:, 1:] = [[True, False, True], [False, False, False], [True, True, True], [False, True, False], [False, False, True]]
     result = max_over_interests_topk(interests, mask, items, 50, chunk_size=chunk_size)
-    ids, scores, winner = brute_force(interests, mask, items, 50)
+    ids, scores, winner = reference_topk(interests, mask, items, 50)
     assert np.array_equal(result.ids, ids) and np.array_equal(result.interests, winner)
     assert np.allclose(result.scores, scores, atol=1e-5)
     assert (result.ids != 0).all()  # padding never returned

@@ -170,7 +170,7 @@ def histories(tower):
 def alone(tower, history, topk, include_history=False, index=None):
     """The in-process reference: ``retrieve`` for this one user, as ``(item, score)`` pairs."""
     recommendations, _ = retrieve(tower, [history], topk=topk, index=index, exclude_history=not include_history)
-    return [(r.item, r.score) for r in recommendations[0]]
+    return pairs(recommendations[0])
 
 
 def pairs(items):
@@ -212,6 +212,16 @@ def test_ann_queries_are_grouped_by_topk_and_equal_retrieve_alone(tower, histori
         assert answer.search == ("hnsw" if query.ann else "exact")
         expected = alone(tower, list(query.history), query.topk, index=index if query.ann else None)
         assert same_ranking(pairs(answer.items), expected)
+
+
+def test_ann_answers_name_the_kind_of_the_server_index(tower, histories):
+    """A saved index may be IVF (``mind-recbole index``'s default): ``search`` says so, as ``retrieve`` does."""
+    pytest.importorskip("faiss")
+    from export.retrieval import build_index
+
+    retriever = BatchRetriever(tower, index=build_index(tower.item_vectors, kind="ivf"))
+    (answer,) = retriever.answer([retriever.check(histories[3], topk=5, ann=True)])
+    assert answer.search == "ivf"
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from export import artifacts
 from export.artifacts import ArtifactError, EmptyHistoryError, InputError, ItemIdError, UnknownItemError
 from export.retrieval import ann_topk, build_index, max_over_interests_topk, retrieve
 from export.runtime import UserTower
+from tests.reference_topk import reference_topk
 
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -58,18 +59,6 @@ def per_row_reference(tower, sequences):
     """Interests and mask of each id history encoded alone, one session call per row (no batching)."""
     rows = [tower.run(np.asarray([s[-tower.max_seq_length :]]), [len(s[-tower.max_seq_length :])]) for s in sequences]
     return np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
-
-
-def brute_force_topk(interests, mask, items, topk, exclude):
-    """Exact top-k by max over active interests in float64, padding and ``exclude`` removed."""
-    scores = np.einsum("bkd,nd->bkn", interests.astype(np.float64), items.astype(np.float64))
-    scores[~mask] = -np.inf
-    best = scores.max(axis=1)
-    best[:, 0] = -np.inf
-    for row, ids in enumerate(exclude):
-        best[row, list(ids)] = -np.inf
-    order = np.argsort(-best, axis=1, kind="stable")[:, :topk]
-    return order, np.take_along_axis(best, order, axis=1)
 
 
 # ---------------------------------------------------------------------------------------------- broken files
@@ -505,7 +494,7 @@ def test_property_topk_over_encoded_users_equals_numpy_brute_force(tower, data, 
     rows = data.draw(st.lists(st.lists(st.integers(1, n - 1), min_size=1, max_size=2 * max_len), min_size=1, max_size=4))
     interests, mask = tower.encode_ids(rows)
     result = max_over_interests_topk(interests, mask, tower.item_vectors, topk, chunk_size=chunk_size, exclude=rows)
-    ids, scores = brute_force_topk(interests, mask, np.asarray(tower.item_vectors), topk, rows)
+    ids, scores, _ = reference_topk(interests, mask, np.asarray(tower.item_vectors), topk, rows)
     assert np.allclose(result.scores, scores, atol=1e-5)
     # ids agree wherever the score is not tied with a neighbour (float32 vs float64 ordering)
     gaps = np.abs(np.diff(scores, axis=1))

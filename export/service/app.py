@@ -8,8 +8,8 @@ Routes (JSON in and out):
   first], "scores": [...], "interests": [...], "active_interests", "search", "skipped"}``: what
   ``mind-recbole retrieve`` gives for this user, as columns (one list per field encodes and parses
   about 3x faster than one object per item); ``interests`` holds each item's winning interest
-  (``0 .. K-1``), ``search`` is ``exact`` or ``hnsw``, ``skipped`` the unknown tokens
-  ``skip_unknown`` dropped.
+  (``0 .. K-1``), ``search`` is ``exact`` or the ANN index's kind (``hnsw``, ``ivf``), ``skipped``
+  the unknown tokens ``skip_unknown`` dropped.
 - ``GET /healthz`` -> ``{"status": "ok", "loaded": true}`` (503 while the batcher is not running);
 - ``GET /metadata`` -> :meth:`BatchRetriever.describe` plus the batching settings;
 - ``GET /stats`` -> batching counters (:class:`~export.service.batcher.BatchStats`) and ``tower_calls``.
@@ -56,7 +56,7 @@ class RetrieveRequest(pydantic.BaseModel):
     user: pydantic.StrictStr | None = None  # user token, for models with user profile fields
     topk: pydantic.StrictInt = DEFAULT_TOPK  # items to return
     include_history: pydantic.StrictBool = False  # allow the history's own items in the answer
-    ann: pydantic.StrictBool = False  # faiss HNSW search (a server started with --ann) instead of exact
+    ann: pydantic.StrictBool = False  # faiss search (a server started with --ann) instead of exact
     skip_unknown: pydantic.StrictBool = False  # drop unknown item (and user) tokens instead of refusing
 
 

@@ -11,8 +11,8 @@ or ANN) and ``include_history``, so a batch of like requests is one call. Exact 
 with the largest ``topk`` among them and each cut to its own (the exact top-k is the head of any
 larger exact top-k); ANN queries are also grouped by ``topk``, since a faiss search for more items
 may find better ones. A query's answer is then what ``retrieve(tower, [history], topk, ...)`` gives
-for it alone, up to float rounding between batch shapes (:func:`same_ranking`). For ANN this holds
-while each interest's search (``topk`` plus the group's longest history, which
+for it alone, up to float rounding between batch shapes (:func:`same_ranking`). For an HNSW index this
+holds while each interest's search (``topk`` plus the group's longest history, which
 :func:`~export.retrieval.ann_topk` asks of every user of a call) stays within HNSW's
 ``efSearch`` (128): beyond it a user's search in a batch may only find better items than alone.
 
@@ -26,9 +26,9 @@ import logging
 import numpy as np
 
 from export import artifacts
-from export.ann_index import load_index, recorded_embeddings_sha256
+from export.ann_index import tower_index
 from export.artifacts import ArtifactError, listed
-from export.retrieval import build_index, retrieve
+from export.retrieval import retrieve
 from export.runtime import UserTower
 from export.service import DEFAULT_MAX_TOPK
 from export.service.batcher import check_number
@@ -69,7 +69,7 @@ class Answer:
 
     items: list
     active_interests: int
-    search: str  # "exact" or "hnsw"
+    search: str  # "exact", or the ANN index's kind ("hnsw", "ivf", "flat")
     skipped: tuple
 
 
@@ -79,11 +79,7 @@ def open_retriever(model_dir, provider="auto", ann=False, max_topk=DEFAULT_MAX_T
     float or the int8 tower), with a faiss index when ``ann``: the one saved by ``mind-recbole index``,
     else an HNSW index built at start (``ImportError`` with the install hint without faiss)."""
     tower = UserTower(model_dir, provider=provider, intra_op_num_threads=intra_op_num_threads, precision=precision)
-    index = None
-    if ann:  # the index `mind-recbole index` saved in the model dir (checked against the embeddings), else one built now
-        index = load_index(model_dir, tower.item_vectors, recorded_embeddings_sha256(tower.metadata))
-        index = index or build_index(tower.item_vectors, kind="hnsw")
-    return BatchRetriever(tower, index=index, max_topk=max_topk)
+    return BatchRetriever(tower, index=tower_index(tower) if ann else None, max_topk=max_topk)
 
 
 class BatchRetriever:
@@ -151,6 +147,7 @@ class BatchRetriever:
         answers = [None] * len(queries)
         for (ann, include_history, _), rows in groups.items():
             group = [queries[row] for row in rows]
+            search = self.index.kind if ann else "exact"
             try:
                 recommendations, mask = retrieve(
                     self.tower, [list(q.history) for q in group], topk=max(q.topk for q in group),
@@ -167,7 +164,7 @@ class BatchRetriever:
             self.tower_calls += 1
             self.queries += len(group)
             for row, query, items, active in zip(rows, group, recommendations, mask.sum(axis=1)):
-                answers[row] = Answer(items[: query.topk], int(active), "hnsw" if ann else "exact", query.skipped)
+                answers[row] = Answer(items[: query.topk], int(active), search, query.skipped)
         return answers
 
     # ------------------------------------------------------------------ the model

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mind_recbole.atomic_write import replaced_on_success, write_json, write_text
-from mind_recbole.compare.runner import CTR_MODELS, USER_ROW_MODELS
+from mind_recbole.compare.runner import CTR_MODELS, no_place
 from mind_recbole.compare.significance import REFERENCE, RESAMPLES, format_p
 
 PROTOCOLS = {
@@ -56,16 +56,6 @@ DIAGNOSTICS = (
     ("categories@50", "categories in the final top-50 list"),
     ("history_categories", "categories in the user's history"),
 )
-
-
-def no_place(model, protocol):
-    """Why ``protocol`` (or its ``valid_`` form) has no place for ``model``; None when it has."""
-    protocol = protocol.removeprefix("valid_")
-    if model in CTR_MODELS and protocol != "sampled":
-        return "scores given (user, item) pairs: cannot rank the catalogue"
-    if model in USER_ROW_MODELS and protocol == "multi_interest":
-        return "scores users by their row of the training matrix: held-out users have none"
-    return None
 
 
 def protocol_title(key):
@@ -270,11 +260,19 @@ def _leader(by_model, metric):
     return text + "."
 
 
+def _leave_one_out_runs(records):
+    """``{model: [leave-one-out records]}``, models in run order."""
+    by_model = {}
+    for record in records:
+        if record.group == "leave_one_out":
+            by_model.setdefault(record.model, []).append(record)
+    return by_model
+
+
 def _cost_table(records):
     lines = ["| model | seconds per epoch | epochs run | epochs to best | minutes per run | parameters |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for model in _unique(r.model for r in records if r.group == "leave_one_out"):
-        runs = [r for r in records if r.model == model and r.group == "leave_one_out"]
+    for model, runs in _leave_one_out_runs(records).items():
         seconds = statistics.fmean(r.seconds_per_epoch for r in runs if r.seconds_per_epoch)
         epochs = statistics.fmean(r.epochs for r in runs)
         best = [r.best_epoch for r in runs if r.best_epoch]
@@ -285,15 +283,15 @@ def _cost_table(records):
 
 
 def _diagnostics_table(records):
-    names = [n for n, _ in DIAGNOSTICS if any(n in r.diagnostics for r in records if r.group == "leave_one_out")]
+    by_model = _leave_one_out_runs(records)
+    names = [n for n, _ in DIAGNOSTICS if any(n in r.diagnostics for runs in by_model.values() for r in runs)]
     if not names:
         return ["(no diagnostics: the dataset has no category field)"]
     lines = ["| model | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
-    for model in _unique(r.model for r in records if r.group == "leave_one_out"):
-        runs = [r.diagnostics for r in records if r.model == model and r.group == "leave_one_out"]
+    for model, runs in by_model.items():
         cells = []
         for name in names:
-            values = [d[name] for d in runs if name in d]
+            values = [r.diagnostics[name] for r in runs if name in r.diagnostics]
             cells.append(f"{statistics.fmean(values):.3f}" if values else "-")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     lines += ["", *(f"- `{n}`: {text}" for n, text in DIAGNOSTICS if n in names)]

@@ -112,9 +112,21 @@ class RunRecord:
         return replace(self, results={}, diagnostics={}, valid_only=True)
 
 
+def no_place(model, protocol):
+    """Why ``protocol`` (``full``, ``sampled``, ``multi_interest`` or a ``valid_`` form) has no place
+    for ``model``; None when it has (see the module docstring)."""
+    protocol = protocol.removeprefix("valid_")
+    if model in CTR_MODELS and protocol != "sampled":
+        return "scores given (user, item) pairs: cannot rank the catalogue"
+    if model in USER_ROW_MODELS and protocol == "multi_interest":
+        return "scores users by their row of the training matrix: held-out users have none"
+    return None
+
+
 def takes_part(model, group):
-    """Whether ``model`` has a place in protocol ``group`` (see the module docstring)."""
-    return group != "multi_interest" or model not in CTR_MODELS + USER_ROW_MODELS
+    """Whether ``model`` has a place in protocol ``group``: every model has one in leave-one-out's
+    sampled protocol, the multi-interest group is its one protocol."""
+    return group != "multi_interest" or no_place(model, "multi_interest") is None
 
 
 def run_plan(models, groups, seeds, base_seed=BASE_SEED, seed_models=SEED_SWEEP_MODELS):

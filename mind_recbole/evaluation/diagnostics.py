@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from mind_recbole.model.layers import best_interest
+from mind_recbole.model.layers import interest_max
 
 CATEGORY_FIELD = "category"
 
@@ -96,7 +96,7 @@ def interest_diagnostics(model, test_data, categories, per_interest_topn=10, lis
                 per_interest = torch.einsum("bkd,nd->bkn", interests, item_vectors)  # [B K N]
                 per_interest[:, :, 0] = -math.inf
                 per_interest[rows, :, columns] = -math.inf
-                scores = best_interest(per_interest, mask).values  # [B N]
+                scores = interest_max(per_interest, mask)  # [B N]
             else:
                 scores = model.full_sort_predict(part).view(users, -1).float()
                 scores[:, 0] = -math.inf

@@ -232,8 +232,7 @@ class HeldOutEvaluator:
 
     def evaluate(self, model):
         """``{recall@20: ..., ndcg@20: ..., hit@20: ..., ...@50}`` for the held-out users."""
-        ranked = self.ranked_items(model, max(self.cutoffs))
-        return set_metrics(ranked, self.targets, self.cutoffs)
+        return average_over_users(self.evaluate_users(model))
 
     def evaluate_users(self, model):
         """:meth:`evaluate` per user: ``{"recall@20": [U] values, ...}`` in the order of ``held_out.users``."""

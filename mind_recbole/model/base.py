@@ -20,7 +20,7 @@ from mind_recbole.model.layers import (
     ItemTower,
     ReLUTower,
     UserProfileEmbedding,
-    best_interest,
+    interest_max,
     max_over_interests,
 )
 from mind_recbole.model.routing_regularisation import routing_regularisation
@@ -126,8 +126,8 @@ class InterestRecommender(SequentialRecommender):
         )
         target_counts = torch.bincount(dataset.inter_feat[self.ITEM_ID].long(), minlength=self.n_items).float()
         self.register_buffer("target_probs", target_counts / target_counts.sum(), persistent=False)  # in-batch p(i)
-        self.register_buffer("negative_log_probs", self._negative_log_probs(target_counts), persistent=False)
-        self.register_buffer("negative_probs", self.negative_log_probs.exp(), persistent=False)  # for sampling
+        # q(i), for sampling and log-Q (through the log: the same floats, so the same draws, as ever)
+        self.register_buffer("negative_probs", self._negative_log_probs(target_counts).exp(), persistent=False)
 
         # initialisation
         self.apply(self._init_weights)
@@ -238,7 +238,7 @@ class InterestRecommender(SequentialRecommender):
 
     def all_item_vectors(self):
         """The item tower over the whole catalogue, ``[n_items, D]`` (row 0 is padding)."""
-        return self.item_tower(torch.arange(self.n_items, device=self.negative_log_probs.device))
+        return self.item_tower(torch.arange(self.n_items, device=self.negative_probs.device))
 
     def training_user_vector(self, interests, interest_mask, target_vectors):
         """One user vector per target ``[B, D]``; a single-interest model has nothing to choose."""
@@ -314,7 +314,7 @@ class InterestRecommender(SequentialRecommender):
     def predict(self, interaction):
         interests, interest_mask = self.user_interests(interaction)  # [B K D]
         item_vectors = self.item_tower(interaction[self.ITEM_ID])  # [B D]
-        return best_interest(torch.einsum("bkd,bd->bk", interests, item_vectors), interest_mask).values  # [B]
+        return interest_max(torch.einsum("bkd,bd->bk", interests, item_vectors), interest_mask)  # [B]
 
     def full_sort_predict(self, interaction):
         interests, interest_mask = self.user_interests(interaction)

@@ -297,22 +297,39 @@ class HardLabelScores(torch.autograd.Function):
         return grad_interests, grad_items, None
 
 
-def interest_winners(scores, interest_mask, in_place=False):
-    """The max over the interest axis of ``scores``, inactive interests left out, and which interests
-    reach it: the one place the package takes ``max_k`` in torch (the serving side's numpy twin is
-    :func:`export.retrieval.max_over_interests_topk`; :func:`best_interest` names the winner).
+def _without_inactive(scores, interest_mask, in_place):
+    """``scores`` ``[B, K, *]`` with ``-inf`` at the inactive interests (over ``scores`` when ``in_place``)."""
+    blocked = torch.zeros(interest_mask.shape, dtype=scores.dtype, device=scores.device)
+    blocked = blocked.masked_fill_(~interest_mask, float("-inf")).view(*interest_mask.shape, *([1] * (scores.dim() - 2)))
+    return scores.add_(blocked) if in_place else scores + blocked
 
-    ``amax`` and elementwise float operations only (``max`` with indices reduces over the strided
-    interest axis about ten times slower). ``in_place=True`` writes the indicator over ``scores``.
+
+def interest_max(scores, interest_mask, in_place=False):
+    """The max over the interest axis of ``scores``, inactive interests left out: the served score
+    ``max_k`` in torch (the serving side's numpy twin is :func:`export.retrieval.max_over_interests_topk`),
+    values only; :func:`interest_winners` also says which interests reach it.
+
+    ``amax`` only (``max`` with indices reduces over the strided interest axis about ten times
+    slower). ``in_place=True`` overwrites ``scores``.
+
+    Shape:
+        - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row).
+        - Output: ``[B, *]``.
+    """
+    return _without_inactive(scores, interest_mask, in_place).amax(dim=1)
+
+
+def interest_winners(scores, interest_mask, in_place=False):
+    """:func:`interest_max` and which interests reach it (:func:`best_interest` names the first).
+
+    Elementwise float operations only. ``in_place=True`` writes the indicator over ``scores``.
 
     Shape:
         - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row).
         - Output: ``(values [B, *], winners [B, K, *])``, winners 1.0 where interest k reaches the
           max and 0.0 elsewhere (inactive interests never).
     """
-    blocked = torch.zeros(interest_mask.shape, dtype=scores.dtype, device=scores.device)
-    blocked = blocked.masked_fill_(~interest_mask, float("-inf")).view(*interest_mask.shape, *([1] * (scores.dim() - 2)))
-    masked = scores.add_(blocked) if in_place else scores + blocked  # [B K *]: -inf at inactive interests
+    masked = _without_inactive(scores, interest_mask, in_place)  # [B K *]: -inf at inactive interests
     values = masked.amax(dim=1)  # [B *]
     return values, masked.sub_(values.unsqueeze(1)).sign_().add_(1)  # score - max is 0 at the max, < 0 elsewhere
 
@@ -346,7 +363,7 @@ def max_over_interests(interests, interest_mask, item_vectors, chunk_size=None):
     for start in range(0, item_vectors.shape[0], chunk_size):
         chunk = item_vectors[start : start + chunk_size]  # [n D]
         chunk_scores = torch.einsum("bkd,nd->bkn", interests, chunk)  # [B K n]
-        scores.append(best_interest(chunk_scores, interest_mask).values)  # [B n]
+        scores.append(interest_max(chunk_scores, interest_mask, in_place=True))  # [B n]
     return torch.cat(scores, dim=1)
 
 
