@@ -50,6 +50,8 @@ GOAL_RECALL, GOAL_SPEED_UP = 0.95, 5.0  # what an ANN setting must reach to be w
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from export.retrieval import usable_cores  # noqa: E402  (numpy only; re-exported for serving_load.py)
+
 
 # ---------------------------------------------------------------------------------------------- timing
 def timeit(function, min_time=1.0, min_repeats=3, warmup=1):
@@ -259,10 +261,12 @@ def bench_scoring(args, exact_rows, ann_rows):
         for n_items in args.items:
             items, interests, mask = catalogue(name, rng, n_items, args)
             chunk = args.chunk_size or default_chunk_size(args.users, args.interests)
-            exact_s = timeit(partial(max_over_interests_topk, interests, mask, items, args.topk, chunk_size=chunk), args.min_time)
             gemm_s, gflops = sgemm_rate(interests, mask, items, chunk, args.min_time)
-            exact_rows.append((name, n_items, args.users, int(mask.sum()), chunk, args.users / exact_s, exact_s * 1e3,
-                               gflops, args.users / gemm_s, gemm_s / exact_s))
+            for threads in args.scorer_threads:
+                exact_s = timeit(partial(max_over_interests_topk, interests, mask, items, args.topk, chunk_size=chunk,
+                                         threads=threads), args.min_time)
+                exact_rows.append((name, n_items, args.users, int(mask.sum()), chunk, threads or usable_cores(),
+                                   args.users / exact_s, exact_s * 1e3, gflops, args.users / gemm_s, gemm_s / exact_s))
             if not have_faiss:
                 continue
             exact = max_over_interests_topk(interests, mask, items, args.topk, chunk_size=chunk)
@@ -284,13 +288,6 @@ def table(header, rows, formats):
     for row in rows:
         lines.append("| " + " | ".join(f.format(v) for f, v in zip(formats, row)) + " |")
     return "\n".join(lines)
-
-
-def usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def cpu_model():
@@ -342,6 +339,10 @@ def main(argv=None):
     parser.add_argument("--interests", type=int, default=4)
     parser.add_argument("--topk", type=int, default=50)
     parser.add_argument("--chunk-size", type=int, help="items per scoring chunk (default: export.retrieval's)")
+    parser.add_argument(
+        "--scorer-threads", type=int, nargs="+", default=[0],
+        help="the exact scorer's threads, swept (0: its default, the usable cores; 1: one pass on BLAS's threads)",
+    )
     parser.add_argument("--catalogues", nargs="+", default=["gaussian", "clustered"], choices=["gaussian", "clustered"],
                         help="synthetic catalogues (see catalogue(); default both)")
     parser.add_argument("--cluster-size", type=int, default=256, help="clustered: items per centre on average (default 256)")
@@ -393,10 +394,10 @@ def main(argv=None):
         "SGEMM: the scorer's own products over the active interests, output block reused)",
         "",
         table(
-            ["catalogue", "items", "users per call", "active interests", "chunk", "users/s", "ms per call",
-             "SGEMM GFLOP/s (same shapes)", "users/s if only SGEMM", "SGEMM share of time"],
+            ["catalogue", "items", "users per call", "active interests", "chunk", "scorer threads", "users/s",
+             "ms per call", "SGEMM GFLOP/s (same shapes, BLAS's threads)", "users/s if only SGEMM", "SGEMM share of time"],
             exact_rows,
-            ["{}", "{:,}", "{}", "{}", "{:,}", "{:,.0f}", "{:.1f}", "{:.1f}", "{:,.0f}", "{:.0%}"],
+            ["{}", "{:,}", "{}", "{}", "{:,}", "{}", "{:,.0f}", "{:.1f}", "{:.1f}", "{:,.0f}", "{:.0%}"],
         ),
     ]
     if ann_rows:

@@ -5,7 +5,7 @@ Two halves with different dependencies:
 - :mod:`export.onnx_export` (torch, RecBole, onnx, onnxscript): ``export_user_tower(checkpoint,
   out_dir)`` writes ``user_tower.onnx`` (metadata inside), ``item_embeddings.npy`` and
   ``item_tokens.json``, then checks ONNX Runtime against PyTorch (``check_parity``).
-- :mod:`export.runtime` and :mod:`export.retrieval` (numpy and onnxruntime only; faiss optional):
+- :mod:`export.runtime` and :mod:`export.retrieval` (numpy, onnxruntime and threadpoolctl only; faiss optional):
   ``UserTower(model_dir).encode(histories)`` -> interests and mask, then exact max-over-interests
   top-k in bounded memory (``max_over_interests_topk``) or faiss ANN (``build_index`` /
   ``ann_topk``).

@@ -4,8 +4,9 @@ An item's score for a user is ``max_k e_i . v_u^k`` over the user's *active* int
 serving rule; YouTubeDNN is K = 1).
 
 - :func:`max_over_interests_topk`: exact top-N over the catalogue in chunks of ``chunk_size``
-  items, so memory is ``O(R chunk_size)`` (``R`` active interests in the batch) however many
-  items there are. Per chunk one SGEMM of the active interests only; then a user whose running
+  items, so memory is ``O(R chunk_size)`` per thread (``R`` active interests in the batch) however
+  many items there are; the catalogue is split into one part per core, each scanned by its own
+  thread, and the parts' lists merged. Per chunk one SGEMM of the active interests only; then a user whose running
   top-N is full looks only at items above its current N-th score, found by one read-only pass
   over the block (the max of each group of ``SCAN_GROUP`` items per interest), so nearly all the
   time is the SGEMM (``results/serving.md``). Row 0 (padding) and, optionally, each user's own
@@ -28,11 +29,13 @@ interest is an :class:`~export.artifacts.InputError` naming the rows. Item vecto
 per call: :class:`export.runtime.UserTower` checks ``item_embeddings.npy`` once at load.
 
 Threads: the exact functions only read their inputs (never write them), so many threads may score
-against one shared ``item_vectors`` at once. An :class:`AnnIndex` may be searched from many
+against one shared ``item_vectors`` at once. :func:`max_over_interests_topk` itself runs one thread
+per core (``threads``) and holds BLAS to one thread while they run (process-wide, restored after). An :class:`AnnIndex` may be searched from many
 threads too, but :meth:`AnnIndex.set_search_effort` changes the shared index: do not call it
 while other threads search.
 """
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -110,7 +113,7 @@ def default_chunk_size(batch, interest_num, working_set=DEFAULT_WORKING_SET):
 
 
 def max_over_interests_topk(
-    interests, mask, item_vectors, topk=50, chunk_size=None, exclude=None, exclude_padding=True
+    interests, mask, item_vectors, topk=50, chunk_size=None, exclude=None, exclude_padding=True, threads=None
 ):
     """Exact top-``topk`` items per user by ``max over active k of e_i . v_u^k``, in bounded memory.
 
@@ -131,6 +134,9 @@ def max_over_interests_topk(
         exclude: per user, item ids never to return (e.g. the user's history; each in ``0 .. N - 1``,
             else :class:`~export.artifacts.ItemIdError`), or None.
         exclude_padding: never return item 0 (RecBole's padding id).
+        threads: scan the catalogue in this many parts at once, one thread each with one BLAS thread
+            (the parts' lists merged at the end), so the selection runs on every core as the SGEMM
+            does (None: the cores this process may use; 1: one pass, the SGEMM on BLAS's own threads).
 
     Returns :class:`TopK` ``(ids, scores, interests)``, each ``[B, topk]``: scores descending, equal
     scores by item id ascending; ids ``-1`` / scores ``-inf`` / interests ``-1`` past the eligible items.
@@ -148,26 +154,69 @@ def max_over_interests_topk(
         raise ValueError("topk must be >= 1 and the catalogue non-empty")
     chunk_size = max(1, int(chunk_size or default_chunk_size(batch, k_max)))
     rows, cols = _exclusion_pairs(exclude, batch, n_items)
-    starts = range(0, n_items, chunk_size)
+    starts = np.arange(0, n_items, chunk_size)
     bounds = np.searchsorted(cols, [*starts, n_items])  # exclusions of chunk c: bounds[c] .. bounds[c + 1]
     interests_t, row_user, user_columns = _score_columns(interests, mask)
 
-    running = _RunningTopK(row_user, user_columns, topk)
-    block = np.empty((_round_up(min(chunk_size, n_items)), len(row_user)), np.float32)  # [chunk R], reused
-    for c, start in enumerate(starts):
-        chunk = np.asarray(item_vectors[start : start + chunk_size], dtype=np.float32)  # [n D]
-        n = chunk.shape[0]
-        scores = block[: _round_up(n)]  # [n rounded up to SCAN_GROUP, R]
-        np.matmul(chunk, interests_t, out=scores[:n])  # one SGEMM per chunk
-        scores[n:] = -np.inf  # rows that round the last chunk up
-        if exclude_padding and start == 0:
-            scores[0] = -np.inf
-        lo, hi = bounds[c], bounds[c + 1]
-        if hi > lo:
-            scores[cols[lo:hi, None] - start, user_columns[rows[lo:hi]]] = -np.inf
-        running.add_chunk(scores, start)
-    ids, best = running.result()
+    def scan(chunks):
+        """Each user's best ``topk`` over the given chunks (ascending): ``(ids, scores)``, ``[B topk]``."""
+        running = _RunningTopK(row_user, user_columns, topk)
+        block = np.empty((_round_up(min(chunk_size, n_items)), len(row_user)), np.float32)  # [chunk R], reused
+        for start, lo, hi in zip(starts[chunks].tolist(), bounds[chunks].tolist(), bounds[chunks + 1].tolist()):
+            chunk = np.asarray(item_vectors[start : start + chunk_size], dtype=np.float32)  # [n D]
+            n = len(chunk)
+            scores = block[: _round_up(n)]  # [n rounded up to SCAN_GROUP, R]
+            np.matmul(chunk, interests_t, out=scores[:n])  # one SGEMM per chunk
+            if n < len(scores):
+                scores[n:] = -np.inf  # rows that round the last chunk up
+            if exclude_padding and start == 0:
+                scores[0] = -np.inf
+            if hi > lo:  # exclusions in this chunk
+                scores[cols[lo:hi, None] - start, user_columns[rows[lo:hi]]] = -np.inf
+            running.add_chunk(scores, start)
+        return running.result()
+
+    parts = min(len(starts), int(threads or usable_cores()))
+    if parts <= 1:
+        ids, best = scan(np.arange(len(starts)))
+    else:
+        ids, best = _merge_parts(map_in_threads(scan, np.array_split(np.arange(len(starts)), parts)), batch, topk)
     return _sort_rows(ids, best, _winning_interests(interests, mask, item_vectors, ids))
+
+
+def usable_cores():
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def map_in_threads(function, parts):
+    """``[function(part) for part in parts]``, one thread per part, BLAS held to one thread meanwhile.
+
+    numpy releases the GIL in its products and reductions, so the parts run on separate cores;
+    BLAS's own threads would only compete with them. The limit is process-wide while it holds
+    (threadpoolctl), and restored after.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(len(parts)) as pool:
+        return list(pool.map(function, parts))
+
+
+def _merge_parts(results, batch, topk):
+    """The best ``topk`` per user over several parts' ``(ids, scores)`` lists (:func:`_best_per_user`).
+
+    Each part kept, under the same order (score descending, then id ascending), its own best
+    ``topk``, so every item of the overall best ``topk`` is in its part's list.
+    """
+    ids = np.concatenate([part_ids for part_ids, _ in results], axis=1)  # [B parts*topk]
+    scores = np.concatenate([part_scores for _, part_scores in results], axis=1)
+    users, slots = np.nonzero(np.isfinite(scores))
+    return _best_per_user(users, ids[users, slots], scores[users, slots], batch, topk)[:2]
 
 
 def _round_up(n_items):
@@ -225,6 +274,7 @@ class _RunningTopK:
         self.ids = np.full((batch, topk), -1, np.int64)  # [B topk], unordered until the end
         self.scores = np.full((batch, topk), -np.inf, np.float32)  # [B topk]
         self.filling = np.ones(batch, bool)  # [B] lists with an empty slot
+        self.any_filling = True
         self.threshold = np.full(len(row_user), np.inf, np.float32)  # [R] the user's topk-th score; +inf: not scanned
         self.pending, self.pending_count = [], 0
 
@@ -233,18 +283,19 @@ class _RunningTopK:
         multiple of ``SCAN_GROUP``, excluded items and rows past the catalogue ``-inf``."""
         n = scores.shape[0]
         groups = scores.reshape(n // SCAN_GROUP, SCAN_GROUP, -1)  # [G SCAN_GROUP R], a view
-        group_max = groups.max(axis=1)  # [G R]
-        columns = np.flatnonzero(group_max.max(axis=0) > self.threshold)  # interests with a candidate in the chunk
-        hot_group, hot = np.nonzero(group_max[:, columns] > self.threshold[columns])
-        hot_column = columns[hot]
-        if hot_group.size:  # groups holding a candidate
+        group_max = np.fmax.reduce(groups, axis=1)  # [G R] (fmax: numpy's faster loop; scores hold no NaN)
+        above = np.greater(np.fmax.reduce(group_max, axis=0), self.threshold)  # [R] interests with a candidate
+        if above.any():  # after the first chunks, rarely
+            columns = np.flatnonzero(above)
+            hot_group, hot = np.nonzero(group_max[:, columns] > self.threshold[columns])  # groups holding a candidate
+            hot_column = columns[hot]
             values = groups[hot_group, :, hot_column]  # [H SCAN_GROUP]
             passed = np.flatnonzero(values > self.threshold[hot_column, None])
             pair, offset = np.divmod(passed, SCAN_GROUP)
             # one interest's score: an item found by several interests is merged to its best (= max over K,
             # the others being at most the threshold)
             self._hold(self.row_user[hot_column[pair]], hot_group[pair] * SCAN_GROUP + offset + start, values.ravel()[passed])
-        if self.filling.any():
+        if self.any_filling:
             users = np.flatnonzero(self.filling)
             best = scores[:, self.user_columns[users]].max(axis=2).T  # [F n] max over interests
             floor = np.partition(best, n - self.topk, axis=1)[:, n - self.topk, None] if n > self.topk else -np.inf
@@ -275,6 +326,7 @@ class _RunningTopK:
         self.ids, self.scores, _ = _best_per_user(users, ids, scores, batch, topk)
         kth = self.scores.min(axis=1)  # [B] the topk-th score (-inf: an empty slot left)
         self.filling = np.isneginf(kth)
+        self.any_filling = bool(self.filling.any())
         self.threshold = np.where(self.filling, np.inf, kth)[self.row_user].astype(np.float32)
         self.pending, self.pending_count = [], 0
 

@@ -50,26 +50,28 @@ def problem(seed, batch, k, dim, n_items, kind):
     return rng, interests, mask, items
 
 
+@pytest.mark.parametrize("threads", [1, 3])  # one pass; the catalogue in three parts scanned at once, then merged
 @pytest.mark.parametrize("kind", ["gaussian", "integer", "duplicates"])
 @pytest.mark.parametrize("chunk_size", [1, 7, SCAN_GROUP + 1, "N", None])
 @pytest.mark.parametrize("seed", range(3))
-def test_random_cases_equal_the_reference(seed, chunk_size, kind):
+def test_random_cases_equal_the_reference(seed, chunk_size, kind, threads):
     n_items = 211 + 97 * seed
     rng, interests, mask, items = problem(seed, 5, 4, 6, n_items, kind)
     exclude = [rng.integers(0, n_items, rng.integers(0, 12)) for _ in range(5)]  # ids may repeat
     topk = [1, 20, 64][seed]
     chunk = n_items if chunk_size == "N" else chunk_size
-    result = max_over_interests_topk(interests, mask, items, topk, chunk_size=chunk, exclude=exclude)
+    result = max_over_interests_topk(interests, mask, items, topk, chunk_size=chunk, exclude=exclude, threads=threads)
     assert_matches_reference(result, reference_topk(interests, mask, items, topk, exclude), exact_scores=kind != "gaussian")
 
 
+@pytest.mark.parametrize("threads", [1, 4])
 @pytest.mark.parametrize("chunk_size", [1, 7, 100, 1000])
-def test_all_items_tied_returns_the_smallest_ids(chunk_size):
-    """Every item scores the same: the top-k is ids 1..k (0 is padding) whatever the chunking."""
+def test_all_items_tied_returns_the_smallest_ids(chunk_size, threads):
+    """Every item scores the same: the top-k is ids 1..k (0 is padding) whatever the chunking and parts."""
     items = np.ones((1000, 4), np.float32)
     interests = np.ones((3, 2, 4), np.float32)
     mask = np.array([[True, True], [True, False], [False, True]])
-    result = max_over_interests_topk(interests, mask, items, 60, chunk_size=chunk_size)
+    result = max_over_interests_topk(interests, mask, items, 60, chunk_size=chunk_size, threads=threads)
     assert (result.ids == np.arange(1, 61)).all()
     assert (result.scores == 4.0).all()
     assert result.interests.tolist() == [[0] * 60, [0] * 60, [1] * 60]  # first active interest of a tie
@@ -81,8 +83,8 @@ def test_ties_at_the_boundary_across_chunks_keep_the_smallest_ids():
     items[:, 0] = np.tile([3.0, 1.0, 2.0, 2.0], 100)  # scores 3, 1, 2, 2 repeating
     items[350:, 0] = 5.0  # the best items come last
     interests = np.array([[[1.0, 0.0]]], np.float32)
-    for chunk_size in (1, 3, 64, 400):
-        result = max_over_interests_topk(interests, None, items, 80, chunk_size=chunk_size)
+    for chunk_size, threads in ((1, 1), (3, 1), (64, 1), (400, 1), (3, 2), (64, 3), (1, 7)):
+        result = max_over_interests_topk(interests, None, items, 80, chunk_size=chunk_size, threads=threads)
         expected = reference_topk(interests, np.ones((1, 1), bool), items, 80)
         assert_matches_reference(result, expected, exact_scores=True)
         assert result.ids[0, :50].tolist() == list(range(350, 400))
@@ -100,14 +102,15 @@ def test_padding_is_returned_only_when_not_excluded():
     assert (result.ids == 0).any()  # exclude_padding=False: item 0 is an ordinary item here
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("chunk_size", [1, 7, 500])
-def test_fewer_eligible_items_than_topk_are_padded_with_minus_one(chunk_size):
+def test_fewer_eligible_items_than_topk_are_padded_with_minus_one(chunk_size, threads):
     """Exclusions leave 3 items (plus padding) for user 0 and 0 items for user 1; ids repeat."""
     rng, interests, mask, items = problem(8, 3, 4, 6, 500, "gaussian")
     keep = [17, 250, 499]
     everything_but = [i for i in range(500) if i not in keep]
     exclude = [everything_but * 2, list(range(500)), [3, 3, 3]]
-    result = max_over_interests_topk(interests, mask, items, 10, chunk_size=chunk_size, exclude=exclude)
+    result = max_over_interests_topk(interests, mask, items, 10, chunk_size=chunk_size, exclude=exclude, threads=threads)
     assert_matches_reference(result, reference_topk(interests, mask, items, 10, exclude))
     assert sorted(result.ids[0, :3]) == keep and (result.ids[0, 3:] == -1).all()
     assert np.isneginf(result.scores[0, 3:]).all() and (result.interests[0, 3:] == -1).all()
@@ -152,3 +155,19 @@ def test_inputs_are_not_written():
     for before, after in zip(copies, (interests, mask, items)):
         np.testing.assert_array_equal(before, after)
     assert exclude[0].tolist() == [4, 5]
+
+
+def test_threaded_scan_restores_blas_threads_and_matches_one_pass():
+    """The parts run with BLAS held to one thread; the process's BLAS setting is back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    _, interests, mask, items = problem(11, 6, 4, 8, 3000, "gaussian")
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        threaded = max_over_interests_topk(interests, mask, items, 40, chunk_size=128, threads=4)
+        after = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    one_pass = max_over_interests_topk(interests, mask, items, 40, chunk_size=128, threads=1)
+    assert before == after
+    np.testing.assert_array_equal(threaded.ids, one_pass.ids)
+    np.testing.assert_array_equal(threaded.interests, one_pass.interests)
+    np.testing.assert_allclose(threaded.scores, one_pass.scores, rtol=1e-6)
