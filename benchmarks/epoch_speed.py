@@ -28,10 +28,15 @@ Usage:
   python benchmarks/epoch_speed.py --model YouTubeDNN,MIND --dataset amazon-beauty --config configs/amazon-beauty.yaml \
       --settings passive --epochs 2
 
-Prints a Markdown table (and appends it to --out).
+Prints a Markdown table (and appends it to --out). ``--recipes`` gives each model the config files
+``compare`` gives it, and ``--json results/DATASET-epoch-speed.json`` puts the idle rows into
+``compare``'s report as the cost of each model's recipe measured alone:
+  python benchmarks/epoch_speed.py --model MIND,YouTubeDNN,SASRec --dataset amazon-beauty --recipes \
+      --settings passive --json results/amazon-beauty-epoch-speed.json
 """
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -78,11 +83,21 @@ def run_one(model, dataset, setting, epochs, config_files):
                       "epoch_seconds": result["train_epoch_seconds"]}))
 
 
+def model_configs(args, model):
+    """The YAML files ``model`` trains with: ``--config``, or with ``--recipes`` what ``compare`` reads
+    for it (``configs/DATASET.yaml`` and ``configs/DATASET/MODEL.yaml`` where there is one)."""
+    if args.recipes:
+        from mind_recbole.config_files import dataset_config_files
+
+        return [str(path) for path in dataset_config_files(args.dataset, model)]
+    return args.config
+
+
 def measure(args, model, setting):
     """One model under one setting in a child process; its JSON record plus the process's wall time."""
     command = [sys.executable, __file__, "--model", model, "--dataset", args.dataset,
                "--epochs", str(args.epochs), "--one", setting]
-    for config in args.config:
+    for config in model_configs(args, model):
         command += ["--config", config]
     environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     if SETTINGS.index(setting) < SETTINGS.index("passive"):
@@ -116,7 +131,16 @@ def main():
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {SETTINGS}")
     parser.add_argument("--beside-busy", action="store_true", help="also measure each setting beside one busy process")
     parser.add_argument("--busy-limit", type=float, default=3600.0, help="the busy process stops after this many seconds")
+    parser.add_argument(
+        "--recipes", action="store_true",
+        help="each model with the config files compare gives it (configs/DATASET.yaml and configs/DATASET/MODEL.yaml) "
+        "instead of --config",
+    )
     parser.add_argument("--out", type=Path, help="append the Markdown table to this file")
+    parser.add_argument(
+        "--json", type=Path,
+        help="also write the rows here as JSON (compare's report shows OUT/DATASET-epoch-speed.json as the cost measured alone)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting in this process
     args = parser.parse_args()
 
@@ -141,7 +165,7 @@ def main():
     baseline = per_epoch(rows[0])
     idle = {(row["model"], row["setting"]): per_epoch(row) for row in rows if row["machine"] == "idle"}
     command = (f"python benchmarks/epoch_speed.py --model {args.model} --dataset {args.dataset}"
-               + "".join(f" --config {c}" for c in args.config)
+               + "".join(f" --config {c}" for c in args.config) + (" --recipes" if args.recipes else "")
                + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
                + f" --settings {args.settings}" + (" --beside-busy" if args.beside_busy else ""))
     lines = [
@@ -158,6 +182,16 @@ def main():
                      f"{seconds:.1f} | {baseline / seconds:.2f}x | {seconds / baseline:.2f}x | {slowdown} |")
     table = "\n".join(lines) + "\n"
     print(table)
+    if args.json:
+        from mind_recbole.atomic_write import write_json
+
+        write_json(args.json, {
+            "command": command, "date": datetime.datetime.now().isoformat(timespec="minutes"), "cpus": os.cpu_count(),
+            "epochs": args.epochs,
+            "rows": [{"model": row["model"], "setting": row["setting"], "machine": row["machine"], "threads": row["threads"],
+                      "seconds_per_epoch": per_epoch(row), "config_files": model_configs(args, row["model"])}
+                     for row in rows],
+        })
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as handle:

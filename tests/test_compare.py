@@ -54,6 +54,26 @@ def test_markdown_has_tables_leader_cost_and_diagnostics():
     assert "**Not in these tables** (asked for, no finished run in `d-runs/`): DIN (leave_one_out)." in partial
 
 
+def test_cost_measured_alone_comes_from_the_epoch_speed_file(tmp_path):
+    """``benchmarks/epoch_speed.py --json`` rows (idle ones only) in the report, relative to MIND at the same threads."""
+    from mind_recbole.compare.report import read_alone_speed
+
+    speed = {"command": "python benchmarks/epoch_speed.py --recipes", "date": "2026-12-02T11:00", "cpus": 2, "epochs": 1,
+             "rows": [{"model": "YouTubeDNN", "setting": "passive", "machine": "idle", "threads": 2, "seconds_per_epoch": 16.0},
+                      {"model": "MIND", "setting": "passive", "machine": "idle", "threads": 2, "seconds_per_epoch": 24.0},
+                      {"model": "MIND", "setting": "passive", "machine": "beside 1 busy", "threads": 2, "seconds_per_epoch": 99.0},
+                      {"model": "SASRec", "setting": "one-thread", "machine": "idle", "threads": 1, "seconds_per_epoch": 50.0}]}
+    path = tmp_path / "d-epoch-speed.json"
+    path.write_text(json.dumps(speed))
+    assert read_alone_speed(tmp_path / "absent.json") is None
+    records = [record("MIND", 1, 0.2)]
+    text = render_markdown("d", records, aggregate(records), [], [], "c", 60, None, alone_speed=read_alone_speed(path))
+    assert "**measured alone** (nothing else running; `python benchmarks/epoch_speed.py --recipes`, 2026-12-02T11:00" in text
+    assert "| SASRec | 1 | 50.0 | - |\n| YouTubeDNN | 2 | 16.0 | 0.67x |\n| MIND | 2 | 24.0 | 1.00x |" in text
+    assert "99.0" not in text  # a run beside a busy process is not "alone"
+    assert "measured alone" not in render_markdown("d", records, aggregate(records), [], [], "c", 60, None)
+
+
 def test_protocols_without_a_place_for_a_model_show_n_a_and_say_why():
     records = [record("MIND", 1, 0.2), record("DIN", 1, 0.8, protocol="sampled"), record("EASE", 1, 0.3),
                record("MIND", 1, 0.05, "multi_interest", "multi_interest")]

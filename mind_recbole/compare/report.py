@@ -9,6 +9,7 @@ and the interest diagnostics. A valid-only comparison writes ``NAME-valid.md`` /
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import asdict
 from pathlib import Path
@@ -112,7 +113,7 @@ def write_report(dataset, records, out, config_files, statistics_rows, command, 
         "png": plot_recall(dataset, table, out / f"{stem}.png"),
     }
     markdown = render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds,
-                               paths["png"], missing, paired, valid_only)
+                               paths["png"], missing, paired, valid_only, read_alone_speed(out / f"{dataset}-epoch-speed.json"))
     paths["md"] = write_text(out / f"{stem}.md", markdown)
     return paths
 
@@ -126,8 +127,14 @@ def _json_payload(dataset, records, table, paired=(), valid_only=False):
             "paired_tests": [asdict(row) for row in paired], "runs": [r.to_json() for r in records]}
 
 
+def read_alone_speed(path):
+    """What ``benchmarks/epoch_speed.py --json PATH`` wrote (seconds per epoch measured alone), or None."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds, plot,
-                    missing=(), paired=(), valid_only=False):
+                    missing=(), paired=(), valid_only=False, alone_speed=None):
     lines = [
         f"# {dataset}: MIND against the baselines" + (", validation only" if valid_only else ""),
         "",
@@ -164,6 +171,8 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
               "are slower than alone (clean speed figures come from `benchmarks/`). Minutes per run include "
               "building the model (all of ItemKNN's and EASE's fitting: their one epoch does nothing) and "
               "evaluation."]
+    if alone_speed:
+        lines += ["", *_alone_speed_lines(alone_speed, f"{dataset}-epoch-speed.json")]
     if not valid_only:
         lines += ["", "## Interest diagnostics (leave-one-out test users)", "", *_diagnostics_table(records)]
     if plot:
@@ -279,6 +288,20 @@ def _cost_table(records):
         best_text = f"{statistics.fmean(best):.1f}" if best else "-"
         minutes = statistics.fmean(r.wall_seconds for r in runs) / 60
         lines.append(f"| {model} | {seconds:.1f} | {epochs:.1f} | {best_text} | {minutes:.1f} | {runs[0].parameters:,} |")
+    return lines
+
+
+def _alone_speed_lines(speed, file_name):
+    """Seconds per epoch of each model's recipe measured alone (:func:`read_alone_speed`), relative to MIND's."""
+    rows = [row for row in speed["rows"] if row["machine"] == "idle"]
+    reference = {row["threads"]: row["seconds_per_epoch"] for row in rows if row["model"] == REFERENCE}
+    lines = [f"Seconds per training epoch **measured alone** (nothing else running; `{speed['command']}`, "
+             f"{speed['date']}, {speed['cpus']} CPUs, in `{file_name}`): each model with the config files above.",
+             "", f"| model | torch threads | seconds per epoch | relative to {REFERENCE} |", "| --- | ---: | ---: | ---: |"]
+    for row in sorted(rows, key=lambda row: (row["threads"], row["seconds_per_epoch"])):
+        mine = reference.get(row["threads"])
+        relative = f"{row['seconds_per_epoch'] / mine:.2f}x" if mine else "-"
+        lines.append(f"| {row['model']} | {row['threads']} | {row['seconds_per_epoch']:.1f} | {relative} |")
     return lines
 
 
