@@ -68,7 +68,7 @@ def test_cost_measured_alone_comes_from_the_epoch_speed_file(tmp_path):
     assert read_alone_speed(tmp_path / "absent.json") is None
     records = [record("MIND", 1, 0.2)]
     text = render_markdown("d", records, aggregate(records), [], [], "c", 60, None, alone_speed=read_alone_speed(path))
-    assert "**measured alone** (nothing else running; `python benchmarks/epoch_speed.py --recipes`, 2026-12-02T11:00" in text
+    assert "**measured alone** (nothing else running; `python benchmarks/epoch_speed.py --recipes`; 2026-12-02T11:00" in text
     assert "| SASRec | 1 | 50.0 | - |\n| YouTubeDNN | 2 | 16.0 | 0.67x |\n| MIND | 2 | 24.0 | 1.00x |" in text
     assert "99.0" not in text  # a run beside a busy process is not "alone"
     assert "measured alone" not in render_markdown("d", records, aggregate(records), [], [], "c", 60, None)

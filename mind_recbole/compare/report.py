@@ -295,8 +295,11 @@ def _alone_speed_lines(speed, file_name):
     """Seconds per epoch of each model's recipe measured alone (:func:`read_alone_speed`), relative to MIND's."""
     rows = [row for row in speed["rows"] if row["machine"] == "idle"]
     reference = {row["threads"]: row["seconds_per_epoch"] for row in rows if row["model"] == REFERENCE}
-    lines = [f"Seconds per training epoch **measured alone** (nothing else running; `{speed['command']}`, "
-             f"{speed['date']}, {speed['cpus']} CPUs, in `{file_name}`): each model with the config files above.",
+    commands = speed["command"] if isinstance(speed["command"], list) else [speed["command"]]
+    note = f" {speed['note']}" if speed.get("note") else ""
+    lines = [f"Seconds per training epoch **measured alone** (nothing else running; "
+             f"{', then '.join(f'`{command}`' for command in commands)}; {speed['date']}, {speed['cpus']} CPUs, "
+             f"in `{file_name}`): each model with the config files above.{note}",
              "", f"| model | torch threads | seconds per epoch | relative to {REFERENCE} |", "| --- | ---: | ---: | ---: |"]
     for row in sorted(rows, key=lambda row: (row["threads"], row["seconds_per_epoch"])):
         mine = reference.get(row["threads"])
