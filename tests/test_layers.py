@@ -1,6 +1,8 @@
 """MIND's building blocks on small hand-made tensors."""
 
+import gc
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -8,7 +10,9 @@ import torch
 
 from mind_recbole.model.layers import (
     B2IDynamicRouting,
+    best_interest,
     interest_count_mask,
+    interest_winners,
     label_aware_attention,
     label_aware_scores,
     max_over_interests,
@@ -145,6 +149,33 @@ def test_label_aware_attention_large_power_equals_hard_max():
     soft = label_aware_attention(interests, mask, target, 1.0)
     weights = torch.softmax(torch.tensor([3.0, 1.0]), 0)
     assert torch.allclose(soft, weights[0] * interests[:, 0] + weights[1] * interests[:, 1])
+
+
+def test_interest_winners_record_no_graph_and_leave_the_scores_alone():
+    scores = torch.tensor([[[1.0, 4.0], [3.0, 4.0], [9.0, 0.0]]], requires_grad=True)  # [B=1 K=3 N=2]
+    mask = torch.tensor([[True, True, False]])
+    values, winners = interest_winners(scores, mask)
+    assert values.tolist() == [[3.0, 4.0]] and winners.tolist() == [[[0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]]
+    assert values.grad_fn is None and winners.grad_fn is None and not winners.requires_grad
+    assert scores.tolist() == [[[1.0, 4.0], [3.0, 4.0], [9.0, 0.0]]]
+    assert best_interest(scores, mask).indices.tolist() == [[1, 0]]  # a tie goes to the first interest
+
+
+def test_hard_attention_frees_its_graph_after_backward():
+    """The training step of MIND's default recipe (hard label-aware attention) must not outlive itself.
+
+    Taking the winners under autograd once rewrote, in place, the tensor ``amax`` had saved: the graph
+    then held itself in a cycle, and every step's activations (the target vectors among them) leaked.
+    """
+    interests = torch.randn(4, 3, 5, requires_grad=True)
+    mask = torch.tensor([[True, True, False]] * 4)
+    target = torch.randn(4, 5, requires_grad=True) * 2.0  # a non-leaf, as item vectors are
+    target_alive = weakref.ref(target)
+    label_aware_attention(interests, mask, target, math.inf).sum().backward()
+    del target
+    gc.collect()
+    assert target_alive() is None
+    assert interests.grad is not None and interests.grad[:, 2].abs().sum() == 0  # nothing to the inactive interest
 
 
 def test_label_aware_attention_power_keeps_sign():

@@ -319,10 +319,16 @@ def interest_max(scores, interest_mask, in_place=False):
     return _without_inactive(scores, interest_mask, in_place).amax(dim=1)
 
 
+@torch.no_grad()
 def interest_winners(scores, interest_mask, in_place=False):
     """:func:`interest_max` and which interests reach it (:func:`best_interest` names the first).
 
     Elementwise float operations only. ``in_place=True`` writes the indicator over ``scores``.
+    No gradient: the indicator is a choice, not a function to differentiate (:class:`HardLabelScores`
+    routes the gradient itself, :func:`interest_max` gives the differentiable max). Under autograd
+    the in-place steps would also rewrite the tensor ``amax`` saved for its backward, and autograd's
+    graph would then hold itself in a cycle that is never freed: a whole training step's
+    activations leaked per step.
 
     Shape:
         - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row).
@@ -336,7 +342,7 @@ def interest_winners(scores, interest_mask, in_place=False):
 
 def best_interest(scores, interest_mask):
     """The max over the interest axis of ``scores``, inactive interests left out, and the first
-    interest that reaches it (:func:`interest_winners`).
+    interest that reaches it (:func:`interest_winners`; no gradient).
 
     Shape:
         - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row).
