@@ -12,6 +12,7 @@ from mind_recbole.compare.runner import (
     collect_runs,
     config_hash,
     data_fingerprint,
+    missing_runs,
     model_config_files,
     run_plan,
 )
@@ -92,12 +93,15 @@ def test_protocols_without_a_place_for_a_model_show_n_a_and_say_why():
 def test_paired_tests_are_rendered_per_protocol_with_n_a_for_runs_without_per_user_values():
     records = [record("MIND", 1, 0.2), record("Pop", 1, 0.1), record("SASRec", 1, 0.19)]
     paired = [PairRow("full", "Pop", "recall@50", PairedTest(0.1, 0.08, 0.12, 2 / 10_001, 3e-9, 22_363)),
-              PairRow("full", "SASRec", "recall@50", note="n/a (run predates per-user results: SASRec seed 1)")]
+              PairRow("full", "SASRec", "recall@50", note="n/a (run predates per-user results: SASRec seed 1)"),
+              PairRow("full", "SINE", "recall@50", PairedTest(0.01, -0.02, 0.04, 0.5, 0.4, 22_363),
+                      note="without run predates per-user results: SINE seed 1")]
     text = render_markdown("d", records, aggregate(records), [], [], "c", 60, None, paired=paired)
     section = text.split("## Paired tests: MIND against each model")[1].split("## Training cost")[0]
     assert "### Leave-one-out, full ranking" in section and "10,000 resamples" in section
     assert "| MIND vs Pop | recall@50 | +0.1000 | [+0.0800, +0.1200] | 2.0e-04 | 3.0e-09 | 22,363 |" in section
     assert "| MIND vs SASRec | recall@50 | n/a (run predates per-user results: SASRec seed 1) | | | | |" in section
+    assert "| MIND vs SINE (without run predates per-user results: SINE seed 1) | recall@50 | +0.0100 |" in section
 
 
 def test_validation_report_shows_best_validation_only():
@@ -111,6 +115,15 @@ def test_validation_report_shows_best_validation_only():
     assert "## Validation split, best epoch: leave-one-out, full ranking" in text
     assert "| MIND | 0.2100 |" in text and "0.2000" not in text  # the best validation, never the test result
     assert "Interest diagnostics" not in text and "all of them in `d-valid.json`" in text
+
+
+def test_missing_runs_name_the_seeds_left_when_some_ran():
+    plan = run_plan(["MIND", "Pop"], ["leave_one_out", "multi_interest"], 3)
+    done = {("MIND", 2020, "leave_one_out"), ("Pop", 2020, "multi_interest")}
+    assert missing_runs(plan, done) == [
+        "MIND (leave_one_out seeds 2021, 2022)", "Pop (leave_one_out)", "MIND (multi_interest)"]
+    assert missing_runs(plan, done | {("MIND", 2022, "leave_one_out")})[0] == "MIND (leave_one_out seed 2021)"
+    assert missing_runs(plan, set(plan)) == []
 
 
 def test_seeds_go_to_the_contenders_and_one_to_every_other_model():

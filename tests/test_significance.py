@@ -114,6 +114,18 @@ def test_paired_tests_average_seeds_and_say_which_run_predates_per_user_results(
     assert rows[0].test.mean_difference == pytest.approx(2 / 3) and rows[0].test.users == 3
     assert rows[1].test.mean_difference == pytest.approx(1 / 3)
     assert rows[2].test is None and rows[2].note == f"n/a ({PREDATES}: SASRec seed 2020)"
+    assert rows[0].note == ""
+
+
+def test_paired_tests_use_the_seeds_with_per_user_values_and_name_those_left_out(tmp_path):
+    full = {"full": {"recall@50": 0.0, "ndcg@50": 0.0}}
+    mind = [record("MIND", 2020, full), record("MIND", 2021, full)]  # 2020 predates per-user results
+    pop = record("Pop", 2020, full)
+    write_users(tmp_path, mind[1], "full", ["u1", "u2"], [1.0, 0.0])
+    write_users(tmp_path, pop, "full", ["u1", "u2"], [0.0, 0.0])
+    row = paired_tests([*mind, pop], tmp_path)[0]
+    assert row.test.mean_difference == pytest.approx(0.5) and row.test.users == 2  # seed 2021 alone
+    assert row.note == f"without {PREDATES}: MIND seed 2020"
 
 
 def test_paired_tests_only_compare_a_protocol_both_models_were_tested_on(tmp_path):

@@ -10,6 +10,7 @@ from mind_recbole.compare.runner import (
     SEED_SWEEP_MODELS,
     collect_runs,
     first_seed,
+    missing_runs,
     run_plan,
 )
 from mind_recbole.compare.significance import paired_tests
@@ -58,7 +59,7 @@ def compare(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="resul
     rows = dataset_statistics(dataset, config_files, overrides)
     done = {(r.model, r.seed, r.group) for r in records}
     plan = run_plan(models, groups, seeds, first_seed(dict(overrides or {})), seed_models)
-    missing = list(dict.fromkeys(f"{m} ({g})" for m, s, g in plan if (m, s, g) not in done))
+    missing = missing_runs(plan, done)
     paired = [] if valid_only else paired_tests(records, Path(out) / f"{dataset}-runs")
     paths = write_report(dataset, records, out, config_files, rows, command, trained, missing, paired, valid_only)
     log(f"compare: {len(records)} runs, {(time.perf_counter() - started) / 60:.1f} min in this call")

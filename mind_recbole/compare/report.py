@@ -220,6 +220,8 @@ def _paired_tables(paired):
             if test is None:
                 lines.append(f"| {pair} | {row.metric} | {row.note} | | | | |")
                 continue
+            if row.note:
+                pair += f" ({row.note})"
             lines.append(
                 f"| {pair} | {row.metric} | {test.mean_difference:+.4f} | [{test.ci_low:+.4f}, {test.ci_high:+.4f}] "
                 f"| {format_p(test.p_bootstrap)} | {format_p(test.p_wilcoxon)} | {test.users:,} |"

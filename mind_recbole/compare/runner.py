@@ -138,6 +138,19 @@ def run_plan(models, groups, seeds, base_seed=BASE_SEED, seed_models=SEED_SWEEP_
     ]
 
 
+def missing_runs(plan, done):
+    """The runs of ``plan`` not in ``done`` (both ``(model, seed, group)``), one entry per model and
+    group: ``'SINE (leave_one_out)'`` when none of its seeds ran, else the seeds that did not."""
+    asked, absent = {}, {}
+    for model, seed, group in plan:
+        asked.setdefault((model, group), []).append(seed)
+        if (model, seed, group) not in done:
+            absent.setdefault((model, group), []).append(seed)
+    return [f"{model} ({group})" if seeds == asked[model, group]
+            else f"{model} ({group} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+            for (model, group), seeds in absent.items()]
+
+
 def first_seed(overrides):
     """The first seed of a comparison: the ``seed`` override, else :data:`BASE_SEED`."""
     return int(overrides.get("seed", BASE_SEED))

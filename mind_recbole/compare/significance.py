@@ -52,7 +52,8 @@ class PairedTest:
 @dataclass
 class PairRow:
     """One line of the report's table: MIND against ``model`` on ``protocol``'s ``metric``;
-    ``test`` is None when a run has no per-user values, ``note`` then says why."""
+    ``test`` is None when no run of a model has per-user values, ``note`` then says why; with a
+    test, ``note`` names the seeds left out (runs without per-user values), if any."""
 
     protocol: str
     model: str
@@ -157,21 +158,27 @@ def paired_tests(records, run_dir, reference=REFERENCE, metrics=TESTED_METRICS):
 
 
 def _pair_row(protocol, model, metric, reference_runs, other_runs, user_values):
-    """The test of one pair, or the reason it cannot be made."""
-    averaged = []
+    """The test of one pair over the seeds that kept per-user values (``note`` names any seed left
+    out), or the reason it cannot be made when a model has no such seed."""
+    averaged, left_out = [], []
     for runs in (reference_runs, other_runs):
-        seeds = []
+        seeds, reasons = [], []
         for record in runs:
             by_protocol, why_not = user_values(record)
             if by_protocol is not None and metric not in getattr(by_protocol.get(protocol), "metrics", {}):
                 why_not = f"no per-user {metric} of protocol {protocol}"
             if why_not:
-                return PairRow(protocol, model, metric, note=f"n/a ({why_not}: {record.model} seed {record.seed})")
+                reasons.append(f"{why_not}: {record.model} seed {record.seed}")
+                continue
             values = by_protocol[protocol]
             seeds.append((values.users, values.metrics[metric]))
+        if not seeds:
+            return PairRow(protocol, model, metric, note=f"n/a ({'; '.join(reasons)})")
+        left_out += reasons
         averaged.append(seed_average(seeds))
     (users_a, values_a), (users_b, values_b) = averaged
-    return PairRow(protocol, model, metric, paired_test(users_a, values_a, users_b, values_b))
+    note = f"without {'; '.join(left_out)}" if left_out else ""
+    return PairRow(protocol, model, metric, paired_test(users_a, values_a, users_b, values_b), note)
 
 
 def format_p(p):
