@@ -44,7 +44,11 @@ def test_markdown_has_tables_leader_cost_and_diagnostics():
     text = render_markdown("d", records, aggregate(records), [], [("users", "3")], "mind-recbole compare", 600, None)
     assert "| MIND | 0.3000 ± 0.1414 | 0.1500 ± 0.0707 |" in text
     assert "| Pop | 0.1000 | 0.0500 |" in text
-    assert "First in recall@50: **MIND** (0.3000), then Pop (0.1000); MIND leads by +0.2000 (+200.0%)." in text
+    assert ("First in recall@50: **MIND** (0.3000), then Pop (0.1000); MIND leads by +0.2000 (+200.0%), "
+            "more than the sum of their seed std (0.1414; Pop: one seed).") in text
+    close = [record("MIND", 1, 0.20), record("MIND", 2, 0.22), record("SASRec", 1, 0.205)]
+    assert ("MIND leads by +0.0050 (+2.4%), within the sum of their seed std (0.0141; SASRec: one seed): not a lead."
+            in render_markdown("d", close, aggregate(close), [], [], "c", 60, None))
     assert "First in recall@50: **YouTubeDNN** (0.0700), then MIND (0.0500); MIND 0.0500 (-28.6% against the leader)." in text
     assert "| MIND | 3.0 | 3.0 | 2.0 | 1.5 | 1,234 |" in text  # 3 s per epoch, 3 epochs, best at the 2nd, 90 s
     assert "| MIND | 2.000 | 0.500 |" in text

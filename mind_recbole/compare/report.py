@@ -267,8 +267,19 @@ def _leader(by_model, metric):
     if mind is not None and leader != "MIND":
         text += f"; MIND {mind:.4f} ({(mind - first) / first:+.1%} against the leader)"
     elif leader == "MIND":
-        text += f"; MIND leads by {first - second:+.4f} ({(first - second) / second:+.1%})"
+        text += f"; MIND leads by {first - second:+.4f} ({(first - second) / second:+.1%})" + _margin_verdict(
+            by_model, metric, leader, runner_up, first - second)
     return text + "."
+
+
+def _margin_verdict(by_model, metric, leader, runner_up, margin):
+    """``, within the sum of their seed std (0.0011; SASRec: one seed): not a lead``, or ``, more than ...``."""
+    spread = sum(by_model[m][metric][1] for m in (leader, runner_up))
+    single = [m for m in (leader, runner_up) if by_model[m][metric][2] < 2]
+    spread_text = f"{spread:.4f}" + "".join(f"; {m}: one seed" for m in single)
+    if margin <= spread:
+        return f", within the sum of their seed std ({spread_text}): not a lead"
+    return f", more than the sum of their seed std ({spread_text})"
 
 
 def _leave_one_out_runs(records):
