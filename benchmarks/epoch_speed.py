@@ -95,9 +95,10 @@ def model_configs(args, model):
 
 def measure(args, model, setting):
     """One model under one setting in a child process; its JSON record plus the process's wall time."""
+    configs = model_configs(args, model)
     command = [sys.executable, __file__, "--model", model, "--dataset", args.dataset,
                "--epochs", str(args.epochs), "--one", setting]
-    for config in model_configs(args, model):
+    for config in configs:
         command += ["--config", config]
     environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     if SETTINGS.index(setting) < SETTINGS.index("passive"):
@@ -109,6 +110,7 @@ def measure(args, model, setting):
     record = json.loads(completed.stdout.strip().splitlines()[-1])
     record["process_seconds"] = time.perf_counter() - start
     record["model"] = model
+    record["config_files"] = configs
     return record
 
 
@@ -189,7 +191,7 @@ def main():
             "command": command, "date": datetime.datetime.now().isoformat(timespec="minutes"), "cpus": os.cpu_count(),
             "epochs": args.epochs,
             "rows": [{"model": row["model"], "setting": row["setting"], "machine": row["machine"], "threads": row["threads"],
-                      "seconds_per_epoch": per_epoch(row), "config_files": model_configs(args, row["model"])}
+                      "seconds_per_epoch": per_epoch(row), "config_files": row["config_files"]}
                      for row in rows],
         })
     if args.out:
