@@ -1,6 +1,8 @@
 """Paired tests of MIND against each model (compare/significance.py) on hand-made per-user values,
 and the per-user files they read (compare/user_results.py)."""
 
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from mind_recbole.compare.significance import (
 from mind_recbole.compare.user_results import (
     PREDATES,
     UserValues,
+    pseudonyms,
     read_user_results,
     user_results_path,
     write_user_results,
@@ -142,7 +145,7 @@ def test_user_results_round_trip_and_refuse_another_training(tmp_path):
     write_user_results(path, {"full": values, "sampled": values}, "hash", "print")
     loaded, why_not = read_user_results(path, "hash", "print")
     assert why_not is None and sorted(loaded) == ["full", "sampled"]
-    assert loaded["full"].users.tolist() == ["A1", "B22"]
+    assert loaded["full"].users.tolist() == pseudonyms(["A1", "B22"]).tolist()
     assert loaded["full"].metrics["ndcg@50"].tolist() == [0.5, 0.0]
     assert read_user_results(path, "other hash", "print") == (
         None, f"{path.name} belongs to another training of this run")
@@ -205,3 +208,25 @@ def test_user_collector_reads_one_user_per_block_of_sampled_rows():
     assert collector.last_users.tolist() == [5, 2]
     with pytest.raises(RuntimeError, match="cannot tell the user of each scored row: 3 score rows, 2 users"):
         collector.eval_batch_collect(torch.rand(3, 6), rows, torch.tensor([0, 1]), torch.tensor([1, 4]))
+
+
+def test_pseudonyms_are_fixed_and_the_file_holds_no_token(tmp_path):
+    # committed files are paired with runs written later: the scheme must never change
+    assert pseudonyms(["A1", "B22"]).tolist() == [10776033278222397497, 8176012895781349053]
+    path = tmp_path / "MIND-leave_one_out-seed2020.users.npz"
+    write_user_results(path, {"full": UserValues(["A1ZTOKEN", "B22TOKEN"], {"recall@50": [1.0, 1 / 3]})}, "h", "f")
+    with np.load(path) as stored:
+        assert stored["full.users"].dtype == np.uint64 and stored["full.recall@50"].dtype == np.float32
+    raw = zipfile.ZipFile(path).read("full.users.npy")
+    assert b"TOKEN" not in raw and b"T\x00\x00\x00O" not in raw  # neither bytes nor numpy's UTF-32
+
+
+def test_a_file_written_with_tokens_pairs_with_one_written_with_pseudonyms(tmp_path):
+    full = {"full": {"recall@50": 0.0}}
+    mind, pop = record("MIND", 2020, full), record("Pop", 2020, full)
+    old = user_results_path(run_path(tmp_path, mind.model, mind.group, mind.seed))
+    np.savez_compressed(old, config_hash=mind.config_hash, data_fingerprint="f",  # the earlier layout: tokens
+                        **{"full.users": np.array(["u1", "u2"]), "full.recall@50": np.array([1.0, 1.0])})
+    write_users(tmp_path, pop, "full", ["u2", "u1"], [0.0, 1.0])
+    row = paired_tests([mind, pop], tmp_path, metrics=["recall@50"])[0]
+    assert row.test.users == 2 and row.test.mean_difference == pytest.approx(0.5)

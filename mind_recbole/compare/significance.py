@@ -66,12 +66,12 @@ def seed_average(runs):
     """Average each user's value over the runs (seeds) that scored the user.
 
     Args:
-        runs: ``(users, values)`` per seed: ``[U_s]`` tokens and ``[U_s]`` floats.
+        runs: ``(users, values)`` per seed: ``[U_s]`` user pseudonyms and ``[U_s]`` floats.
 
     Returns:
-        ``(users, values)``: ``[U]`` distinct tokens, sorted, and each one's mean value.
+        ``(users, values)``: ``[U]`` distinct pseudonyms, sorted, and each one's mean value.
     """
-    users = np.concatenate([np.asarray(u, dtype=str) for u, _ in runs])
+    users = np.concatenate([np.asarray(u) for u, _ in runs])
     values = np.concatenate([np.asarray(v, dtype=np.float64) for _, v in runs])
     distinct, inverse = np.unique(users, return_inverse=True)
     return distinct, np.bincount(inverse, weights=values) / np.bincount(inverse)
