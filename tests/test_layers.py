@@ -10,6 +10,8 @@ import torch
 
 from mind_recbole.model.layers import (
     B2IDynamicRouting,
+    HardLabelScores,
+    ReLUTower,
     best_interest,
     interest_count_mask,
     interest_winners,
@@ -212,20 +214,42 @@ def test_label_aware_scores_let_each_item_be_its_own_label(power):
         assert torch.allclose(scores, max_over_interests(interests, mask, items), rtol=0, atol=1e-5)
 
 
+def amax_and_gradients(scores_of, interests, items, mask, weights):
+    """Scores from ``scores_of(interests, items, mask)`` and the gradients of ``(scores * weights).sum()``."""
+    interests, items = interests.detach().requires_grad_(), items.detach().requires_grad_()
+    scores = scores_of(interests, items, mask)
+    (scores * weights).sum().backward()
+    return scores.detach(), interests.grad, items.grad
+
+
+def autograd_amax(interests, items, mask):
+    return torch.einsum("bkd,nd->bkn", interests, items).masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+
+
 def test_hard_label_scores_match_autograd_amax_in_values_and_gradients():
     torch.manual_seed(1)
-    mask = torch.tensor([[True, False, False], [True, True, False], [True, True, True]])
-    interests, items = torch.randn(3, 3, 5, requires_grad=True), torch.randn(7, 5, requires_grad=True)
-    weights = torch.randn(3, 7)
-    reference = torch.einsum("bkd,nd->bkn", interests, items).masked_fill(~mask.unsqueeze(-1), float("-inf"))
-    (reference.amax(1) * weights).sum().backward()
-    expected = interests.grad.clone(), items.grad.clone()
-    interests.grad, items.grad = None, None
-    scores = label_aware_scores(interests, mask, items, math.inf)
-    (scores * weights).sum().backward()
-    assert torch.allclose(scores, reference.amax(1))
-    assert torch.allclose(interests.grad, expected[0], atol=1e-6) and torch.allclose(items.grad, expected[1], atol=1e-6)
-    assert torch.equal(interests.grad[0, 1:], torch.zeros(2, 5))  # inactive interests get nothing
+    # users with 1, 2, 3 and 2 active interests; the last one's are not the first two, and tie
+    mask = torch.tensor([[True, False, False], [True, True, False], [True, True, True], [False, True, True]])
+    interests, items, weights = torch.randn(4, 3, 5), torch.randn(7, 5), torch.randn(4, 7)
+    interests[3, 2] = interests[3, 1]
+    expected = amax_and_gradients(autograd_amax, interests, items, mask, weights)
+    served = lambda interests, items, mask: label_aware_scores(interests, mask, items, math.inf)  # noqa: E731
+    got = amax_and_gradients(served, interests, items, mask, weights)
+    for value, reference in zip(got, expected):
+        assert torch.allclose(value, reference, atol=1e-6)
+    grad_interests = got[1]
+    assert torch.equal(grad_interests[0, 1:], torch.zeros(2, 5))  # inactive interests get nothing
+    assert torch.equal(grad_interests[3, 0], torch.zeros(5))
+    assert torch.equal(grad_interests[3, 1], grad_interests[3, 2]) and grad_interests[3, 1].abs().sum() > 0  # shared
+
+    # in row blocks (one user per block, or two users with 2 interests in one): the same values and
+    # gradients (without the tie: a matmul of another shape may break it by a rounding)
+    interests[3, 2] += 0.5
+    expected = amax_and_gradients(autograd_amax, interests, items, mask, weights)
+    for block_floats in (3 * 7, 4 * 7):
+        got = amax_and_gradients(lambda *a: HardLabelScores.apply(*a, block_floats), interests, items, mask, weights)
+        for value, reference in zip(got, expected):
+            assert torch.allclose(value, reference, atol=1e-6)
 
 
 def test_max_over_interests_masks_inactive_and_chunks_alike():
@@ -285,3 +309,21 @@ def test_eval_routing_from_mapped_behaviours_equals_forward():
     mapped = routing.map_behaviours(behaviours)
     mapped[1, 5] = 1.0
     assert not torch.allclose(routing.route_mapped_eval(mapped, interest_mask)[1], expected[1])
+
+
+def test_relu_tower_of_some_rows_draws_dropout_as_over_all_rows():
+    tower = ReLUTower(6, [32, 16], 4, dropout_prob=0.3).train()
+    inputs = torch.randn(5, 3, 6)  # [B K input]
+    mask = torch.tensor([[True, False, False], [True, True, False], [True] * 3, [True, False, True], [False] * 3])
+    rows = torch.nonzero(mask.flatten()).squeeze(1)
+    torch.manual_seed(7)
+    full = tower(inputs)
+    after_full = torch.rand(3)
+    torch.manual_seed(7)
+    some = tower.forward_rows(inputs.flatten(0, 1)[rows], rows, mask.numel())
+    after_some = torch.rand(3)
+    assert some.shape == (int(mask.sum()), 4)
+    assert torch.allclose(some, full[mask], atol=1e-6)
+    assert torch.equal(after_some, after_full)  # the random stream goes on as after forward
+    torch.manual_seed(8)  # another draw drops other units: the rows' values do depend on the mask taken
+    assert not torch.allclose(tower.forward_rows(inputs.flatten(0, 1)[rows], rows, mask.numel()), full[mask])

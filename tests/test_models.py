@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mind_recbole.model.layers import interest_count_mask
 from mind_recbole.model.mind import MIND
 from mind_recbole.model.youtubednn import YouTubeDNN
 from tests.conftest import tiny_config
@@ -51,6 +52,40 @@ def test_item_tower_pools_id_and_side_features(beauty_mini_path, beauty_mini_dat
         expected = torch.stack(parts).mean(0)
         assert torch.allclose(tower(torch.tensor([item]))[0], expected, atol=1e-6)
     assert torch.equal(tower(torch.tensor([0])), torch.zeros(1, 16))
+
+
+def test_item_tower_pools_each_distinct_item_once_with_the_same_values_and_gradients(beauty_mini_path, beauty_mini_data):
+    tower = build(MIND, beauty_mini_path, beauty_mini_data).item_tower
+    histories = first_batch(beauty_mini_data)["item_id_list"]  # [B L]: repeated items and padding
+    assert torch.unique(histories).numel() < histories.numel()
+    weights = torch.randn(*histories.shape, 16)
+    grads = []
+    for pool in (tower, tower.pooled):  # distinct items once, then gathered / every position pooled
+        tower.zero_grad()
+        vectors = pool(histories)  # [B L D]
+        (vectors * weights).sum().backward()
+        grads.append({name: parameter.grad.clone() for name, parameter in tower.named_parameters()})
+        if pool is tower:
+            gathered = vectors.detach()
+    assert gathered.shape == (*histories.shape, 16)
+    assert torch.allclose(gathered, tower.pooled(histories).detach(), atol=1e-6)
+    assert torch.equal(gathered[histories == 0], torch.zeros(int((histories == 0).sum()), 16))
+    for name in grads[0]:  # sums over the same positions, in another order
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+    assert grads[0]["side_features.embeddings.categories.weight"].abs().sum() > 0
+
+
+def test_training_user_tower_runs_only_active_interests_with_the_same_values(beauty_mini_path, beauty_mini_data):
+    model = build(MIND, beauty_mini_path, beauty_mini_data).train()
+    capsules = torch.randn(6, 4, 16)
+    mask = interest_count_mask(torch.tensor([1, 2, 3, 4, 9, 50]), 4)  # 1, 1, 1, 2, 3, 4 active
+    torch.manual_seed(3)
+    full = model.user_tower(capsules)
+    torch.manual_seed(3)
+    active = model.user_tower(capsules, None, mask)
+    assert torch.allclose(active[mask], full[mask], atol=1e-6)
+    assert torch.equal(active[~mask], torch.zeros(int((~mask).sum()), 16))
+    assert torch.equal(model.eval().user_tower(capsules, None, mask), model.user_tower(capsules))  # eval: every interest
 
 
 def test_padding_beyond_length_does_not_change_interests(beauty_mini_path, beauty_mini_data):

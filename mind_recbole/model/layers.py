@@ -55,6 +55,11 @@ class ItemTower(nn.Module):
     Missing side features (padding) are left out of the average, as MIND's paper pools the
     features an item has.
 
+    With side features, each distinct id of the input is pooled once and the result gathered to
+    every position: a batch of histories (``[1024, 50]``) holds a few thousand distinct items, and
+    pooling a token_seq feature per position (``[1024, 50, 5, D]`` for Amazon's categories) was
+    most of a training step. Each item's vector is the same either way.
+
     Shape:
         - Input: item ids ``[*]`` (0 is padding and maps to the zero vector).
         - Output: ``[*, D]``.
@@ -66,6 +71,13 @@ class ItemTower(nn.Module):
         self.side_features = FeatureEmbedding(side_tables, side_vocab_sizes, embedding_size)
 
     def forward(self, item_ids):
+        if not self.side_features.fields:
+            return self.id_embedding(item_ids)  # [*, D]
+        distinct, positions = torch.unique(item_ids, return_inverse=True)  # [U], [*]
+        return self.pooled(distinct)[positions]
+
+    def pooled(self, item_ids):
+        """The id embedding and side-feature embeddings of ``item_ids`` ``[*]`` averaged: ``[*, D]``."""
         total = self.id_embedding(item_ids)  # [*, D]
         count = torch.ones_like(item_ids, dtype=total.dtype)  # [*]
         for vectors, present in self.side_features(item_ids).values():
@@ -196,7 +208,8 @@ class B2IDynamicRouting(nn.Module):
     def route(self, behaviours, seq_mask, interest_mask):
         """Capsules ``[B, K, D]`` and the weights ``w_kj`` ``[B, K, L]`` that built them (see the class)."""
         batch_size, seq_len, _ = behaviours.shape
-        mapped = self.map_behaviours(behaviours)  # [B L D]: S e_j
+        # S e_j at the real positions only (most of a training batch's [B, L] is padding, whose e_j is 0)
+        mapped = torch.zeros_like(behaviours).index_put_((seq_mask,), self.map_behaviours(behaviours[seq_mask]))  # [B L D]
         mapped_for_logits = mapped.detach() if self.detach_logits else mapped
         logits = self.initial_logits(batch_size, seq_len, behaviours)  # [B K L]
         inactive = ~interest_mask.unsqueeze(-1)  # [B K 1]
@@ -266,35 +279,73 @@ def label_aware_scores(interests, interest_mask, item_vectors, power):
     return (weights * scores.masked_fill(~interest_mask.unsqueeze(-1), 0.0)).sum(1)
 
 
+HARD_SCORE_BLOCK_FLOATS = 1 << 21  # 8 MB: HardLabelScores' [rows, k, N] blocks stay below glibc's mmap threshold
+
+
 class HardLabelScores(torch.autograd.Function):
     """``max_k e_i . v_u^k`` over active interests, with gradients, for training over many items.
 
     Autograd's ``amax`` over a ``[B, K, N]`` tensor spends most of a step in its backward; this
-    keeps the ``[B, K, N]`` indicator of the winning interests (:func:`interest_winners`, written
-    over the scores' own memory) and back-propagates by two matmuls. Same values and gradients as
-    ``amax``, ties included (a tie shares the gradient evenly).
+    keeps the indicator of the winning interests (:func:`interest_winners`, written over the
+    scores' own memory) and back-propagates by two matmuls. Same values and gradients as ``amax``
+    over the active interests, ties included (a tie shares the gradient evenly).
+
+    Only active interests are scored: users are grouped by their number of active interests
+    ``k`` and each group's ``[b, k, N]`` block is dense (a training batch of amazon-beauty averages
+    2.0 active interests of 4, so this halves the scoring; a user with one interest needs no
+    indicator at all). The blocks hold at most ``block_floats`` scores: a block above glibc's
+    mmap threshold (32 MB; ``[1024, 4, 2024]`` is 33 MB) is a fresh mapping on every step, and
+    the page faults of writing it cost more than the matmul that fills it, while smaller blocks
+    are reused from the heap (``malloc_tuning``). Neither changes the values.
 
     Shape:
         - interests ``[B, K, D]``, item_vectors ``[N, D]``, interest_mask ``[B, K]`` bool
-          (the first interest active in every row). Output: ``[B, N]``.
+          (at least one interest active in every row). Output: ``[B, N]``.
     """
 
     @staticmethod
-    def forward(ctx, interests, item_vectors, interest_mask):
+    def forward(ctx, interests, item_vectors, interest_mask, block_floats=HARD_SCORE_BLOCK_FLOATS):
         batch_size, interest_num, size = interests.shape
-        scores = (interests.reshape(-1, size) @ item_vectors.transpose(0, 1)).view(batch_size, interest_num, -1)
-        best_scores, winners = interest_winners(scores, interest_mask, in_place=True)  # [B N], [B K N]
-        ctx.save_for_backward(interests, item_vectors, winners.div_(winners.sum(1, keepdim=True)))  # ties share
+        n_items = item_vectors.shape[0]
+        items_t = item_vectors.transpose(0, 1)  # [D N]
+        active_first = torch.argsort((~interest_mask).to(torch.int8), dim=1, stable=True)  # [B K]
+        counts = interest_mask.sum(1)  # [B]
+        best_scores = interests.new_full((batch_size, n_items), float("-inf"))  # [B N]
+        ctx.blocks, shares = [], []  # per block: its rows [b], their active interests [b k], index into shares
+        for active in range(1, interest_num + 1):
+            users = torch.nonzero(counts == active).squeeze(1)  # [U_k]
+            block_rows = max(1, block_floats // (active * n_items))
+            for start in range(0, users.shape[0], block_rows):
+                rows = users[start : start + block_rows]  # [b]
+                chosen = active_first[rows, :active]  # [b k]
+                vectors = interests[rows.unsqueeze(1), chosen].reshape(-1, size)  # [bk D]
+                scores = (vectors @ items_t).view(rows.shape[0], active, n_items)  # [b k N]
+                if active == 1:  # the only interest wins every item
+                    best_scores[rows] = scores[:, 0]
+                    ctx.blocks.append((rows, chosen, None))
+                    continue
+                everyone = torch.ones(rows.shape[0], active, dtype=torch.bool, device=scores.device)
+                best, winners = interest_winners(scores, everyone, in_place=True)  # [b N], [b k N]
+                best_scores[rows] = best
+                shares.append(winners.div_(winners.sum(1, keepdim=True)))  # ties share
+                ctx.blocks.append((rows, chosen, len(shares) - 1))
+        ctx.save_for_backward(interests, item_vectors, *shares)
         return best_scores
 
     @staticmethod
     def backward(ctx, grad):
-        interests, item_vectors, shares = ctx.saved_tensors
-        batch_size, interest_num, size = interests.shape
-        routed = (shares * grad.unsqueeze(1)).view(batch_size * interest_num, -1)  # [BK N]: to the winning interest
-        grad_interests = (routed @ item_vectors).view_as(interests)
-        grad_items = routed.transpose(0, 1) @ interests.reshape(-1, size)
-        return grad_interests, grad_items, None
+        interests, item_vectors, *shares = ctx.saved_tensors
+        size = interests.shape[-1]
+        grad_interests = torch.zeros_like(interests)  # [B K D]: inactive interests get nothing
+        grad_items = torch.zeros_like(item_vectors)  # [N D]
+        for rows, chosen, share in ctx.blocks:
+            routed = grad[rows]  # [b N]
+            if share is not None:  # to the winning interest
+                routed = (shares[share] * routed.unsqueeze(1)).view(-1, routed.shape[-1])  # [bk N]
+            index = (rows.unsqueeze(1), chosen)
+            grad_interests[index] = (routed @ item_vectors).view(*chosen.shape, size)
+            grad_items.addmm_(routed.transpose(0, 1), interests[index].reshape(-1, size))
+        return grad_interests, grad_items, None, None
 
 
 def _without_inactive(scores, interest_mask, in_place):
@@ -394,3 +445,22 @@ class ReLUTower(nn.Module):
 
     def forward(self, inputs):
         return self.layers(inputs)
+
+    def forward_rows(self, inputs, rows, total_rows):
+        """:meth:`forward` of ``rows`` out of ``total_rows`` rows, computing only those.
+
+        Dropout draws its mask for all ``total_rows`` rows, as ``forward`` over them would (ATen's
+        CPU dropout: ``bernoulli_(1 - p)`` over the whole input, divided by ``1 - p``), and keeps
+        the rows' part: the values, and the random stream after, are those of ``forward``.
+
+        Shape:
+            - inputs ``[P, input_size]``, rows ``[P]`` positions among ``total_rows``.
+            - Output: ``[P, output_size]``.
+        """
+        for layer in self.layers:
+            if isinstance(layer, nn.Dropout) and self.training and layer.p > 0:
+                noise = inputs.new_empty(total_rows, inputs.shape[-1]).bernoulli_(1 - layer.p).div_(1 - layer.p)
+                inputs = inputs * noise[rows]
+            else:
+                inputs = layer(inputs)
+        return inputs
