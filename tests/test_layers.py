@@ -327,3 +327,11 @@ def test_relu_tower_of_some_rows_draws_dropout_as_over_all_rows():
     assert torch.equal(after_some, after_full)  # the random stream goes on as after forward
     torch.manual_seed(8)  # another draw drops other units: the rows' values do depend on the mask taken
     assert not torch.allclose(tower.forward_rows(inputs.flatten(0, 1)[rows], rows, mask.numel()), full[mask])
+
+
+def test_interest_winners_without_a_mask_treat_every_interest_as_active():
+    scores = torch.tensor([[[1.0, 5.0], [3.0, 5.0]]])  # [1 K=2 N=2]: item 1 ties
+    values, winners = interest_winners(scores.clone(), None)
+    expected = interest_winners(scores.clone(), torch.ones(1, 2, dtype=torch.bool))
+    assert torch.equal(values, expected[0]) and torch.equal(winners, expected[1])
+    assert values.tolist() == [[3.0, 5.0]] and winners.tolist() == [[[0.0, 1.0], [1.0, 1.0]]]

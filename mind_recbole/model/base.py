@@ -224,7 +224,8 @@ class InterestRecommender(SequentialRecommender):
             return self.tower(capsules)  # [B K D]
         rows = torch.nonzero(interest_mask.flatten()).squeeze(1)  # [P]: active (user, interest) pairs
         active = self.tower.forward_rows(capsules.flatten(0, 1)[rows], rows, interest_mask.numel())  # [P D]
-        return active.new_zeros(*interest_mask.shape, active.shape[-1]).index_put_((interest_mask,), active)
+        return active.new_zeros(interest_mask.numel(), active.shape[-1]).index_copy_(0, rows, active).view(
+            *interest_mask.shape, -1)  # [B K D]
 
     # ------------------------------------------------------------------ the served user tower
     def serving_item_table(self):

@@ -324,8 +324,7 @@ class HardLabelScores(torch.autograd.Function):
                     best_scores[rows] = scores[:, 0]
                     ctx.blocks.append((rows, chosen, None))
                     continue
-                everyone = torch.ones(rows.shape[0], active, dtype=torch.bool, device=scores.device)
-                best, winners = interest_winners(scores, everyone, in_place=True)  # [b N], [b k N]
+                best, winners = interest_winners(scores, None, in_place=True)  # [b N], [b k N]: all k active
                 best_scores[rows] = best
                 shares.append(winners.div_(winners.sum(1, keepdim=True)))  # ties share
                 ctx.blocks.append((rows, chosen, len(shares) - 1))
@@ -349,7 +348,10 @@ class HardLabelScores(torch.autograd.Function):
 
 
 def _without_inactive(scores, interest_mask, in_place):
-    """``scores`` ``[B, K, *]`` with ``-inf`` at the inactive interests (over ``scores`` when ``in_place``)."""
+    """``scores`` ``[B, K, *]`` with ``-inf`` at the inactive interests (over ``scores`` when ``in_place``);
+    ``interest_mask`` None: every interest is active, ``scores`` as they are."""
+    if interest_mask is None:
+        return scores
     blocked = torch.zeros(interest_mask.shape, dtype=scores.dtype, device=scores.device)
     blocked = blocked.masked_fill_(~interest_mask, float("-inf")).view(*interest_mask.shape, *([1] * (scores.dim() - 2)))
     return scores.add_(blocked) if in_place else scores + blocked
@@ -382,7 +384,7 @@ def interest_winners(scores, interest_mask, in_place=False):
     activations leaked per step.
 
     Shape:
-        - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row).
+        - scores ``[B, K, *]``, interest_mask ``[B, K]`` bool (at least one active per row) or None (all active).
         - Output: ``(values [B, *], winners [B, K, *])``, winners 1.0 where interest k reaches the
           max and 0.0 elsewhere (inactive interests never).
     """
