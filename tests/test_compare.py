@@ -45,10 +45,14 @@ def test_markdown_has_tables_leader_cost_and_diagnostics():
     assert "| MIND | 0.3000 ± 0.1414 | 0.1500 ± 0.0707 |" in text
     assert "| Pop | 0.1000 | 0.0500 |" in text
     assert ("First in recall@50: **MIND** (0.3000), then Pop (0.1000); MIND leads by +0.2000 (+200.0%), "
-            "more than the sum of their seed std (0.1414; Pop: one seed).") in text
+            "more than the sum of their seed std (0.1414; Pop: one seed), but one seed has no spread to measure: "
+            "not an established lead; no paired test.") in text
     close = [record("MIND", 1, 0.20), record("MIND", 2, 0.22), record("SASRec", 1, 0.205)]
-    assert ("MIND leads by +0.0050 (+2.4%), within the sum of their seed std (0.0141; SASRec: one seed): not a lead."
+    assert ("MIND leads by +0.0050 (+2.4%), within the sum of their seed std (0.0141; SASRec: one seed): not a lead;"
             in render_markdown("d", close, aggregate(close), [], [], "c", 60, None))
+    seeded = [record("MIND", 1, 0.30), record("MIND", 2, 0.31), record("SASRec", 1, 0.20), record("SASRec", 2, 0.22)]
+    assert ("MIND leads by +0.0950 (+45.2%), more than the sum of their seed std (0.0212); no paired test."
+            in render_markdown("d", seeded, aggregate(seeded), [], [], "c", 60, None))
     assert "First in recall@50: **YouTubeDNN** (0.0700), then MIND (0.0500); MIND 0.0500 (-28.6% against the leader)." in text
     assert "| MIND | 3.0 | 3.0 | 2.0 | 1.5 | 1,234 |" in text  # 3 s per epoch, 3 epochs, best at the 2nd, 90 s
     assert "| MIND | 2.000 | 0.500 |" in text
@@ -106,6 +110,33 @@ def test_paired_tests_are_rendered_per_protocol_with_n_a_for_runs_without_per_us
     assert "| MIND vs Pop | recall@50 | +0.1000 | [+0.0800, +0.1200] | 2.0e-04 | 3.0e-09 | 22,363 |" in section
     assert "| MIND vs SASRec | recall@50 | n/a (run predates per-user results: SASRec seed 1) | | | | |" in section
     assert "| MIND vs SINE (without run predates per-user results: SINE seed 1) | recall@50 | +0.0100 |" in section
+
+
+def test_summary_says_where_mind_stands_with_the_paired_test_and_its_diagnostics():
+    records = [record("MIND", 1, 0.20), record("MIND", 2, 0.22), record("SASRec", 1, 0.10), record("SASRec", 2, 0.12),
+               record("YouTubeDNN", 1, 0.05),
+               record("MIND", 1, 0.05, "multi_interest", "multi_interest"),
+               record("YouTubeDNN", 1, 0.07, "multi_interest", "multi_interest"),
+               record("Pop", 1, 0.01, "multi_interest", "multi_interest")]
+    records[4].diagnostics.update({"categories@50": 4.3})
+    records[0].diagnostics.update({"categories@50": 4.0})
+    records[1].diagnostics.update({"categories@50": 4.2})
+    paired = [PairRow("full", "SASRec", "recall@50", PairedTest(0.1, 0.08, 0.12, 2 / 10_001, 3e-9, 22_363)),
+              PairRow("multi_interest", "YouTubeDNN", "recall@50",
+                      note="n/a (run predates per-user results: YouTubeDNN seed 1)")]
+    text = render_markdown("d", records, aggregate(records), [], [], "c", 60, None, paired=paired)
+    summary = text.split("## Summary")[1].split("##")[0]
+    assert ("- Full ranking (leave-one-out): MIND is first in recall@50 (0.2100 against SASRec's 0.1100, +0.1000), "
+            "more than the sum of their seed std (0.0283); paired test p = 2.0e-04 (bootstrap, 22,363 users).") in summary
+    assert ("- Multi-interest protocol (held-out users): MIND is **not first**: 2nd of 3 in recall@50 (0.0500 against "
+            "YouTubeDNN's 0.0700, -0.0200); no paired test (run predates per-user results: YouTubeDNN seed 1).") in summary
+    assert "mean pairwise cosine of 0.500" in summary
+    assert "Categories in the top-50 list: MIND 4.100, YouTubeDNN 4.300 (not more diverse" in summary
+    leader_line = text.split("## Leave-one-out, full ranking")[1].split("##")[0]
+    assert "paired test p = 2.0e-04" in leader_line
+    assert "## Summary" not in render_markdown("d", [r.without_test() for r in records[:2]],
+                                               aggregate([r.without_test() for r in records[:2]], validation_results),
+                                               [], [], "c", 60, None, valid_only=True)
 
 
 def test_validation_report_shows_best_validation_only():

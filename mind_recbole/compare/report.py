@@ -1,6 +1,8 @@
 """``results/NAME.md``, ``results/NAME.json`` and ``results/NAME.png`` from the comparison's runs.
 
-The page follows RecBole's own results pages: the setting, the YAML used, dataset statistics, then
+The page opens with a summary of where MIND stands (its place in each protocol, the paired test
+against the model next to it, its diagnostics beside YouTubeDNN's), then follows RecBole's own
+results pages: the setting, the YAML used, dataset statistics, then
 one table per protocol (mean ± std over seeds; "n/a" for a model the protocol has no place for),
 paired tests of MIND against each model (:mod:`mind_recbole.compare.significance`), training cost,
 and the interest diagnostics. A valid-only comparison writes ``NAME-valid.md`` / ``.json`` /
@@ -46,6 +48,11 @@ PROTOCOL_TEXT = {
         "training interaction matrix, and a held-out user has none (both are item-item models that "
         "could score a new history folded in; RecBole's do not)."
     ),
+}
+SHORT_TITLES = {
+    "full": "Full ranking (leave-one-out)",
+    "sampled": "100 sampled negatives (leave-one-out)",
+    "multi_interest": "Multi-interest protocol (held-out users)",
 }
 VALIDATION_TITLE = "Validation split, best epoch: "
 METRIC_ORDER = ("recall", "ndcg", "hit", "mrr")
@@ -148,6 +155,9 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
         lines += ["Validation results only (`--valid-only`): each run's best validation epoch. The test split "
                   "was not evaluated (and the test results of tested runs reused here are left out).", ""]
     lines += _data_lines(records)
+    summary = [] if valid_only else _summary_lines(table, records, paired)
+    if summary:
+        lines += ["## Summary", "", *summary, ""]
     if missing:
         lines += [f"**Not in these tables** (asked for, no finished run in `{dataset}-runs/`): {', '.join(missing)}.", ""]
     lines += ["## Setting", ""]
@@ -161,7 +171,8 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
         key = f"valid_{protocol}" if valid_only else protocol
         if key in table:
             lines += ["", f"## {protocol_title(key)}", "", *_metric_table(table[key], models, protocol)]
-            best = _leader(table[key], "recall@50")
+            runner_up = _runner_up(table[key], "recall@50")
+            best = _leader(table[key], "recall@50", _find_pair(paired, protocol, runner_up, "recall@50"))
             if best:
                 lines += ["", best]
     if paired:
@@ -257,29 +268,95 @@ def _metric_key(metric):
     return (METRIC_ORDER.index(name) if name in METRIC_ORDER else len(METRIC_ORDER), int(cutoff))
 
 
-def _leader(by_model, metric):
-    scored = sorted(((v[metric][0], m) for m, v in by_model.items() if metric in v), reverse=True)
+def _leader(by_model, metric, pair=None):
+    """The first two models in ``metric``, and where MIND stands: its gap to the leader, or its margin
+    judged against the seed spread and the paired test (``pair``: MIND's
+    :class:`~mind_recbole.compare.significance.PairRow` against the runner-up, if any)."""
+    scored = _ranked(by_model, metric)
     if len(scored) < 2:
         return ""
     (first, leader), (second, runner_up) = scored[0], scored[1]
-    mind = dict((m, s) for s, m in scored).get("MIND")
+    mind = dict((m, s) for s, m in scored).get(REFERENCE)
     text = f"First in {metric}: **{leader}** ({first:.4f}), then {runner_up} ({second:.4f})"
-    if mind is not None and leader != "MIND":
-        text += f"; MIND {mind:.4f} ({(mind - first) / first:+.1%} against the leader)"
-    elif leader == "MIND":
-        text += f"; MIND leads by {first - second:+.4f} ({(first - second) / second:+.1%})" + _margin_verdict(
-            by_model, metric, leader, runner_up, first - second)
+    if mind is not None and leader != REFERENCE:
+        text += f"; {REFERENCE} {mind:.4f} ({(mind - first) / first:+.1%} against the leader)"
+    elif leader == REFERENCE:
+        text += f"; {REFERENCE} leads by {first - second:+.4f} ({(first - second) / second:+.1%})" + _margin_verdict(
+            by_model, metric, leader, runner_up, first - second) + _pair_verdict(pair)
     return text + "."
 
 
+def _ranked(by_model, metric):
+    """``[(mean, model)]`` of the models that have ``metric``, best first."""
+    return sorted(((v[metric][0], m) for m, v in by_model.items() if metric in v), reverse=True)
+
+
+def _runner_up(by_model, metric):
+    """The second model in ``metric`` (None with fewer than two)."""
+    scored = _ranked(by_model, metric)
+    return scored[1][1] if len(scored) > 1 else None
+
+
 def _margin_verdict(by_model, metric, leader, runner_up, margin):
-    """``, within the sum of their seed std (0.0011; SASRec: one seed): not a lead``, or ``, more than ...``."""
+    """``, within the sum of their seed std (0.0011; SASRec: one seed): not a lead``, or ``, more than ...``;
+    a model with one seed has no measured spread, so a margin above the other's std alone is not called a lead."""
     spread = sum(by_model[m][metric][1] for m in (leader, runner_up))
     single = [m for m in (leader, runner_up) if by_model[m][metric][2] < 2]
     spread_text = f"{spread:.4f}" + "".join(f"; {m}: one seed" for m in single)
     if margin <= spread:
         return f", within the sum of their seed std ({spread_text}): not a lead"
+    if single:
+        return (f", more than the sum of their seed std ({spread_text}), but one seed has no spread to measure: "
+                "not an established lead")
     return f", more than the sum of their seed std ({spread_text})"
+
+
+def _pair_verdict(pair):
+    """``; paired test p = 0.003 (bootstrap)`` for MIND against the runner-up, or why there is none."""
+    if pair is None:
+        return "; no paired test"
+    if pair.test is None:  # the note reads "n/a (why)"
+        return f"; no paired test ({pair.note.removeprefix('n/a (').removesuffix(')')})"
+    return f"; paired test p = {format_p(pair.test.p_bootstrap)} (bootstrap, {pair.test.users:,} users)"
+
+
+def _summary_lines(table, records, paired):
+    """Where MIND stands, in a few lines: its place in each protocol's recall@50, the paired test against
+    the model next to it, and its diagnostics beside YouTubeDNN's (its single-interest twin)."""
+    lines = []
+    for protocol, title in SHORT_TITLES.items():
+        by_model = table.get(protocol, {})
+        ranked = [m for _, m in _ranked(by_model, "recall@50")]
+        if REFERENCE not in ranked or len(ranked) < 2:
+            continue
+        place = ranked.index(REFERENCE)
+        neighbour = ranked[1] if place == 0 else ranked[0]
+        mind, other = by_model[REFERENCE]["recall@50"][0], by_model[neighbour]["recall@50"][0]
+        standing = "first" if place == 0 else f"**not first**: {_ordinal(place + 1)} of {len(ranked)}"
+        margin = _margin_verdict(by_model, "recall@50", REFERENCE, neighbour, mind - other) if place == 0 else ""
+        pair = _find_pair(paired, protocol, neighbour, "recall@50")
+        lines.append(f"- {title}: {REFERENCE} is {standing} in recall@50 ({mind:.4f} against {neighbour}'s "
+                     f"{other:.4f}, {mind - other:+.4f}){margin}{_pair_verdict(pair)}.")
+    runs_of = _leave_one_out_runs(records)
+    mean = {(model, name): statistics.fmean(r.diagnostics[name] for r in runs_of[model] if name in r.diagnostics)
+            for model in (REFERENCE, "YouTubeDNN") if model in runs_of for name in ("interest_cosine", "categories@50")
+            if any(name in r.diagnostics for r in runs_of[model])}
+    if (REFERENCE, "interest_cosine") in mean:
+        lines.append(f"- {REFERENCE}'s interests of a user have a mean pairwise cosine of "
+                     f"{mean[REFERENCE, 'interest_cosine']:.3f} (1 would be one interest repeated).")
+    if (REFERENCE, "categories@50") in mean and ("YouTubeDNN", "categories@50") in mean:
+        mine, single = mean[REFERENCE, "categories@50"], mean["YouTubeDNN", "categories@50"]
+        lines.append(f"- Categories in the top-50 list: {REFERENCE} {mine:.3f}, YouTubeDNN {single:.3f} "
+                     f"({'more' if mine > single else 'not more'} diverse than its single-interest twin).")
+    return lines
+
+
+def _find_pair(paired, protocol, model, metric):
+    return next((row for row in paired if (row.protocol, row.model, row.metric) == (protocol, model, metric)), None)
+
+
+def _ordinal(n):
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _leave_one_out_runs(records):
