@@ -215,9 +215,9 @@ def catalogue(name, rng, n_items, args):
     return items.astype(np.float32), interests.astype(np.float32), mask
 
 
-def sgemm_rate(interests, mask, items, chunk_size, min_time):
-    """Seconds and GFLOP/s of the bare products the exact scorer runs: ``[chunk, D] @ [D, R]`` over
-    the catalogue, ``R`` the active interests, into one reused output block."""
+def sgemm_products(interests, mask, items, chunk_size):
+    """``(run, flops)``: ``run()`` does the bare products the exact scorer does, ``[chunk, D] @ [D, R]``
+    over the catalogue, ``R`` the active interests, into one reused output block."""
     active_t = np.ascontiguousarray(interests[mask].T)  # [D R]
     chunks = [np.ascontiguousarray(items[s : s + chunk_size]) for s in range(0, len(items), chunk_size)]
     out = np.empty((chunk_size, active_t.shape[1]), np.float32)
@@ -226,8 +226,20 @@ def sgemm_rate(interests, mask, items, chunk_size, min_time):
         for chunk in chunks:
             np.matmul(chunk, active_t, out=out[: len(chunk)])
 
-    seconds = timeit(matmuls, min_time)
-    return seconds, 2.0 * active_t.size * len(items) / seconds / 1e9
+    return matmuls, 2.0 * active_t.size * len(items)
+
+
+def interleaved_best(functions, repeats):
+    """Each function's best seconds over ``repeats`` rounds that call them in turn (after one warm-up
+    round): both see the same moments of a machine whose speed drifts."""
+    best = [float("inf")] * len(functions)
+    for round_ in range(repeats + 1):
+        for position, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            if round_:
+                best[position] = min(best[position], time.perf_counter() - start)
+    return best
 
 
 def ann_indexes(items, args):
@@ -261,12 +273,18 @@ def bench_scoring(args, exact_rows, ann_rows):
         for n_items in args.items:
             items, interests, mask = catalogue(name, rng, n_items, args)
             chunk = args.chunk_size or default_chunk_size(args.users, args.interests)
-            gemm_s, gflops = sgemm_rate(interests, mask, items, chunk, args.min_time)
+            products, flops = sgemm_products(interests, mask, items, chunk)
+            gemm_s = None if args.interleave else timeit(products, args.min_time)
             for threads in args.scorer_threads:
-                exact_s = timeit(partial(max_over_interests_topk, interests, mask, items, args.topk, chunk_size=chunk,
-                                         threads=threads), args.min_time)
+                scorer = partial(max_over_interests_topk, interests, mask, items, args.topk, chunk_size=chunk,
+                                 threads=threads)
+                if args.interleave:
+                    gemm_s, exact_s = interleaved_best([products, scorer], args.interleave)
+                else:
+                    exact_s = timeit(scorer, args.min_time)
                 exact_rows.append((name, n_items, args.users, int(mask.sum()), chunk, threads or usable_cores(),
-                                   args.users / exact_s, exact_s * 1e3, gflops, args.users / gemm_s, gemm_s / exact_s))
+                                   args.users / exact_s, exact_s * 1e3, flops / gemm_s / 1e9, args.users / gemm_s,
+                                   gemm_s / exact_s))
             if not have_faiss:
                 continue
             exact = max_over_interests_topk(interests, mask, items, args.topk, chunk_size=chunk)
@@ -358,6 +376,9 @@ def main(argv=None):
     parser.add_argument("--no-ann", action="store_true")
     parser.add_argument("--no-tower", action="store_true")
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="exact scorer: time the SGEMM alone and the scorer in turn for ROUNDS rounds and compare "
+                             "their best times (default 0: medians over --min-time each, measured one after the other)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "serving.md")
     args = parser.parse_args(argv)
     # before loading a checkpoint, which trims sys.argv so that RecBole does not read our options
@@ -391,7 +412,8 @@ def main(argv=None):
     parts += [
         "",
         f"### Exact top-{args.topk}, max over K={args.interests} interests, D={args.dim} (1..K active per user; "
-        "SGEMM: the scorer's own products over the active interests, output block reused)",
+        "SGEMM: the scorer's own products over the active interests, output block reused; "
+        + (f"best of {args.interleave} interleaved rounds)" if args.interleave else "medians)"),
         "",
         table(
             ["catalogue", "items", "users per call", "active interests", "chunk", "scorer threads", "users/s",
