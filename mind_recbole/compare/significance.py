@@ -162,23 +162,35 @@ def _pair_row(protocol, model, metric, reference_runs, other_runs, user_values):
     out), or the reason it cannot be made when a model has no such seed."""
     averaged, left_out = [], []
     for runs in (reference_runs, other_runs):
-        seeds, reasons = [], []
+        seeds, skipped = [], []
         for record in runs:
             by_protocol, why_not = user_values(record)
             if by_protocol is not None and metric not in getattr(by_protocol.get(protocol), "metrics", {}):
                 why_not = f"no per-user {metric} of protocol {protocol}"
             if why_not:
-                reasons.append(f"{why_not}: {record.model} seed {record.seed}")
+                skipped.append((why_not, record.model, record.seed))
                 continue
             values = by_protocol[protocol]
             seeds.append((values.users, values.metrics[metric]))
         if not seeds:
-            return PairRow(protocol, model, metric, note=f"n/a ({'; '.join(reasons)})")
-        left_out += reasons
+            return PairRow(protocol, model, metric, note=f"n/a ({_runs_text(skipped)})")
+        left_out += skipped
         averaged.append(seed_average(seeds))
     (users_a, values_a), (users_b, values_b) = averaged
-    note = f"without {'; '.join(left_out)}" if left_out else ""
+    note = f"without {_runs_text(left_out)}" if left_out else ""
     return PairRow(protocol, model, metric, paired_test(users_a, values_a, users_b, values_b), note)
+
+
+def _runs_text(skipped):
+    """``run predates per-user results: MIND seed 2022, SINE seeds 2020, 2021`` from ``(why, model, seed)``
+    triples: one clause per reason, each model's seeds together."""
+    by_reason = {}
+    for why, model, seed in skipped:
+        by_reason.setdefault(why, {}).setdefault(model, []).append(seed)
+    return "; ".join(
+        f"{why}: " + ", ".join(f"{model} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                               for model, seeds in models.items())
+        for why, models in by_reason.items())
 
 
 def format_p(p):
