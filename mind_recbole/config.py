@@ -28,9 +28,10 @@ import recbole
 import yaml
 from recbole.config import Config
 
+from mind_recbole.config_files import PLUGIN_PROPERTIES as PROPERTIES_DIR
+from mind_recbole.config_files import plugin_default_files
 from mind_recbole.registry import get_model
 
-PROPERTIES_DIR = Path(__file__).resolve().parent / "properties"
 RECBOLE_PROPERTIES_DIR = Path(recbole.__file__).resolve().parent / "properties"
 
 # Dataset-name -> download-URL tables under recbole/properties/dataset, not config keys.
@@ -161,9 +162,8 @@ class MindConfig(Config):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        for file in (PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / "model" / f"{model}.yaml"):
-            if file.is_file():
-                self._update_internal_config_dict(str(file))
+        for file in plugin_default_files(model):
+            self._update_internal_config_dict(str(file))
 
     def _set_default_parameters(self):
         check_metric_names(self.final_config_dict.get("metrics"))

@@ -13,6 +13,15 @@ from pathlib import Path
 
 PROJECT_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_DATA_PATH = Path("datasets")
+PLUGIN_PROPERTIES = Path(__file__).resolve().parent / "properties"
+
+
+def plugin_default_files(model):
+    """The plugin's defaults that :class:`mind_recbole.config.MindConfig` lays over RecBole's for
+    ``model`` (a name), in order: ``properties/overall.yaml``, then ``properties/model/MODEL.yaml``
+    where the plugin has one (its own models)."""
+    files = [PLUGIN_PROPERTIES / "overall.yaml", PLUGIN_PROPERTIES / "model" / f"{model}.yaml"]
+    return [file for file in files if file.is_file()]
 
 
 def tuned_config_file(config_dir, dataset, model):

@@ -1,12 +1,14 @@
 """The comparison's cache rules, through the ``mind-recbole compare`` command itself: a second
-identical call reuses, ``--rerun``, a changed setting and re-prepared data retrain, and
-``--valid-only`` never evaluates the test split and is never taken for a tested run."""
+identical call reuses, ``--rerun``, a changed setting, a changed default of the model and
+re-prepared data retrain, and ``--valid-only`` never evaluates the test split and is never taken
+for a tested run."""
 
 import json
+import shutil
 
 import pytest
 
-from mind_recbole import cli
+from mind_recbole import cli, config_files
 from mind_recbole.compare import runner
 from tests.conftest import AMAZON_CONFIG
 
@@ -160,3 +162,62 @@ def test_valid_only_never_touches_the_test_split_and_is_never_taken_for_a_tested
     payload = json.loads((workdir / "results" / f"{DATASET}-valid.json").read_text())
     assert all(run["results"] == {} and run["valid_only"] for run in payload["runs"])
     assert set(payload["protocols"]) == {"valid_full", "valid_multi_interest"}
+
+
+def test_defaults_hash_follows_the_plugin_defaults_values_not_their_comments(tmp_path, monkeypatch):
+    properties = tmp_path / "properties"
+    shutil.copytree(config_files.PLUGIN_PROPERTIES, properties)
+    monkeypatch.setattr(config_files, "PLUGIN_PROPERTIES", properties)
+    defaults = properties / "model" / "YouTubeDNN.yaml"
+    original = runner.defaults_hash("YouTubeDNN")
+    assert original != runner.defaults_hash("MIND")  # each model its own defaults file
+    assert runner.defaults_hash("Pop") == runner.defaults_hash("SASRec")  # RecBole's: the plugin's overall.yaml only
+
+    defaults.write_text("# reformatted\n" + defaults.read_text().replace("dropout_prob: 0.1 ", "dropout_prob:   0.1"))
+    assert runner.defaults_hash("YouTubeDNN") == original  # comments and layout: the same defaults
+    overall = properties / "overall.yaml"
+    overall.write_text(overall.read_text() + "torch_threads: 1\nstrict_config_keys: False\n")
+    assert runner.defaults_hash("YouTubeDNN") == original  # runtime settings change no result
+    defaults.write_text(defaults.read_text().replace("dropout_prob:   0.1", "dropout_prob: 0.2"))
+    assert runner.defaults_hash("YouTubeDNN") != original
+
+
+@pytest.mark.slow
+def test_a_changed_default_of_the_model_retrains_its_runs(workdir, capsys, monkeypatch):
+    properties = workdir / "properties"
+    shutil.copytree(config_files.PLUGIN_PROPERTIES, properties)
+    monkeypatch.setattr(config_files, "PLUGIN_PROPERTIES", properties)  # what MindConfig reads, and the hash
+    dropouts = []
+    train = runner._train
+
+    def recording(config, *args, **kwargs):
+        dropouts.append(config["dropout_prob"])
+        return train(config, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_train", recording)
+    run_file = workdir / "results" / f"{DATASET}-runs" / "YouTubeDNN-leave_one_out-seed2020.json"
+
+    def compare_and_count():
+        before = len(dropouts)
+        status, lines = compare(workdir, capsys, models="YouTubeDNN")
+        assert status == 0, lines
+        return len(dropouts) - before
+
+    assert compare_and_count() == 1 and dropouts == [0.1]
+    recorded = json.loads(run_file.read_text())["defaults_hash"]
+    assert recorded == runner.defaults_hash("YouTubeDNN")
+    assert compare_and_count() == 0
+
+    defaults = properties / "model" / "YouTubeDNN.yaml"
+    defaults.write_text(defaults.read_text().replace("dropout_prob: 0.1 ", "dropout_prob: 0.2 "))
+    status, lines = compare(workdir, capsys, "--report-only", models="YouTubeDNN")
+    assert lines[0] == ("[1/1] YouTubeDNN leave_one_out seed 2020: stale: the model's defaults changed "
+                        "(mind_recbole/properties), left out")
+    assert compare_and_count() == 1 and dropouts[-1] == 0.2  # retrained, with the new default
+    assert json.loads(run_file.read_text())["defaults_hash"] not in ("", recorded)
+
+    run = json.loads(run_file.read_text())
+    del run["defaults_hash"]  # a run written before runs kept their defaults: not checked against them
+    run_file.write_text(json.dumps(run))
+    defaults.write_text(defaults.read_text().replace("dropout_prob: 0.2 ", "dropout_prob: 0.3 "))
+    assert compare_and_count() == 0

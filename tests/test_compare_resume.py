@@ -1,6 +1,7 @@
 """``mind-recbole compare`` resumes a run stopped part-way from its last checkpoint (tested through the command)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -33,6 +34,13 @@ def test_a_partial_run_is_resumed_only_on_its_settings_files_and_checkpoint(tmp_
     assert why_not is None and resumed.epoch == 1 and resumed.valid_scores == [0.1, 0.1]
     assert read_partial(path, "other", "f") == (None, f"{path}: its settings changed")
     assert read_partial(path, "h", "g") == (None, f"{path}: trained on other data files (fingerprint f, now g)")
+    # written before partial runs kept the model's defaults: not checked against them
+    assert read_partial(path, "h", "f", "d1")[0] is not None
+
+    write_partial(path, replace(partial(checkpoint, epoch=1), defaults_hash="d1"))
+    assert read_partial(path, "h", "f", "d1")[0] is not None
+    assert read_partial(path, "h", "f", "d2") == (
+        None, f"{path}: the model's defaults changed (mind_recbole/properties)")
 
     write_partial(path, partial(checkpoint, epoch=2, epochs=3))
     assert read_partial(path, "h", "f") == (

@@ -4,7 +4,7 @@ A run's result is written only when it ends, and a leave-one-out SASRec takes ho
 so a stopped comparison would lose its run in progress. While a run trains, every checkpoint
 (RecBole writes one after each validation that improved) is followed by
 ``OUT/DATASET-runs/MODEL-GROUP-seedSEED.partial.json``: the checkpoint's path and epoch, the run's
-hash and data fingerprint, and what the run has measured so far (validation scores, epoch
+hashes (settings, the model's defaults) and data fingerprint, and what the run has measured so far (validation scores, epoch
 seconds, wall time). A later ``compare`` that finds it, on the same settings and files, resumes
 training from that checkpoint with the random generators restored
 (:meth:`mind_recbole.trainer.MindTrainerMixin.resume`), so the finished run equals an uninterrupted
@@ -33,6 +33,7 @@ class PartialRun:
     valid_scores: list
     epoch_seconds: list
     wall_seconds: float
+    defaults_hash: str = ""  # the model's plugin defaults (runner.defaults_hash); "" in files written before it
 
 
 @dataclass
@@ -43,12 +44,13 @@ class RunProgress:
     config_hash: str
     data_fingerprint: str
     resume_from: PartialRun | None = None
+    defaults_hash: str = ""
 
     def save(self, checkpoint, epoch, epochs, valid_scores, epoch_seconds, wall_seconds):
         """RecBole just wrote ``checkpoint`` after (0-based) ``epoch``: record it and the measurements so far."""
         write_partial(self.path, PartialRun(
             self.config_hash, self.data_fingerprint, str(Path(checkpoint).resolve()), epoch, epochs,
-            list(valid_scores), list(epoch_seconds), wall_seconds,
+            list(valid_scores), list(epoch_seconds), wall_seconds, self.defaults_hash,
         ))
 
     def finish(self):
@@ -67,17 +69,23 @@ def write_partial(path, partial):
     write_json(path, asdict(partial))
 
 
-def stale_reason(run, config_hash, data_fingerprint):
+def stale_reason(run, config_hash, data_fingerprint, defaults_hash=""):
     """Why ``run`` (a finished :class:`~mind_recbole.compare.runner.RunRecord` or a :class:`PartialRun`)
-    does not belong to these settings and files (None: it does)."""
+    does not belong to these settings and files (None: it does).
+
+    ``defaults_hash`` is the model's plugin defaults now (:func:`mind_recbole.compare.runner.defaults_hash`);
+    a run written before runs recorded theirs has none, and is not checked against it.
+    """
     if run.config_hash != config_hash:
         return "its settings changed"
+    if run.defaults_hash and run.defaults_hash != defaults_hash:
+        return "the model's defaults changed (mind_recbole/properties)"
     if run.data_fingerprint != data_fingerprint:
         return f"trained on other data files (fingerprint {run.data_fingerprint}, now {data_fingerprint})"
     return None
 
 
-def read_partial(path, config_hash, data_fingerprint):
+def read_partial(path, config_hash, data_fingerprint, defaults_hash=""):
     """``(PartialRun, None)`` if the partial run at ``path`` can be resumed, else ``(None, why not)``;
     ``(None, None)`` where there is none."""
     path = Path(path)
@@ -87,7 +95,7 @@ def read_partial(path, config_hash, data_fingerprint):
         partial = PartialRun(**json.loads(path.read_text()))
     except (ValueError, TypeError) as error:
         return None, f"{path} is unreadable ({error})"
-    stale = stale_reason(partial, config_hash, data_fingerprint)
+    stale = stale_reason(partial, config_hash, data_fingerprint, defaults_hash)
     if stale:
         return None, f"{path}: {stale}"
     if not Path(partial.checkpoint).is_file():

@@ -14,10 +14,11 @@ Each (model, seed) gets up to two trainings:
 
 ``--seeds N`` trains the contenders (:data:`SEED_SWEEP_MODELS`) with N seeds and the other models
 with one. Every run is written to ``OUT/DATASET-runs/MODEL-PROTOCOL-seedSEED.json`` with a hash of
-its configuration and a fingerprint of the atomic files it was trained on, and its test users'
+its configuration, a hash of the model's plugin defaults (:func:`defaults_hash`) and a fingerprint
+of the atomic files it was trained on, and its test users'
 metric values to ``...seedSEED.users.npz`` (:mod:`mind_recbole.compare.user_results`, for the
 paired tests of :mod:`mind_recbole.compare.significance`); a later ``compare`` reuses a run whose
-hash and fingerprint match, and retrains one whose config or data changed. A run stopped part-way
+hashes and fingerprint match, and retrains one whose config, defaults or data changed. A run stopped part-way
 resumes from its last checkpoint (:mod:`mind_recbole.compare.progress`) unless ``rerun``.
 
 ``valid_only`` (tuning) trains and validates, never evaluates the test split, and writes
@@ -39,7 +40,7 @@ import yaml
 from mind_recbole.atomic_write import write_json
 from mind_recbole.compare.progress import RunProgress, partial_path, read_partial, stale_reason
 from mind_recbole.compare.user_results import user_results_path, write_user_results
-from mind_recbole.config_files import tuned_config_file
+from mind_recbole.config_files import plugin_default_files, tuned_config_file
 from mind_recbole.training import build_config, prepare_training
 
 DEFAULT_MODELS = ("MIND", "ComiRecSA", "ComiRecDR", "YouTubeDNN", "DIN", "SASRec", "GRU4Rec", "SINE", "Pop", "ItemKNN", "EASE")
@@ -53,9 +54,11 @@ PROTOCOL_GROUPS = ("leave_one_out", "multi_interest")
 BASE_SEED = 2020  # the first seed, unless a ``seed`` override says otherwise
 COMPARE_PROPERTIES = Path(__file__).resolve().parents[1] / "properties" / "compare"
 SAMPLED_MODE = "uni100"
-# Settings that change speed or logging, not results: left out of a run's hash, so a run trained
-# with one torch thread is reused by a comparison run with two.
-RUNTIME_KEYS = ("torch_threads", "malloc_tuning", "show_progress", "state", "checkpoint_dir")
+# Settings that do not change results (speed, logging, where files are, how strictly keys are
+# checked): left out of a run's hashes, so a run trained with one torch thread is reused by a
+# comparison run with two. The data's content is in the run's fingerprint (data_fingerprint).
+RUNTIME_KEYS = ("torch_threads", "malloc_tuning", "show_progress", "state", "checkpoint_dir", "data_path",
+                "strict_config_keys")
 ATOMIC_SUFFIXES = (".inter", ".item", ".user")  # the files a run reads (ComiRec's split is derived from them)
 
 
@@ -80,6 +83,7 @@ class RunRecord:
     wall_seconds: float = 0.0
     saved_model_file: str | None = None
     data_fingerprint: str = ""  # data_fingerprint() of the atomic files it was trained on
+    defaults_hash: str = ""  # defaults_hash() of the model's plugin defaults ("": written before runs kept it)
     valid_only: bool = False  # trained and validated; the test split was never evaluated
 
     @property
@@ -181,6 +185,16 @@ def config_hash(model, dataset, seed, group, config_files, overrides):
     settings = [yaml.safe_load(Path(file).read_text()) for file in config_files]
     payload = [model, dataset, seed, group, overrides, settings]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def defaults_hash(model):
+    """Hash of the plugin's defaults for ``model`` (:func:`~mind_recbole.config_files.plugin_default_files`:
+    MIND's recipe lives in ``properties/model/MIND.yaml``), parsed as :func:`config_hash` parses files,
+    :data:`RUNTIME_KEYS` left out: a changed default retrains a run as a changed config file does.
+    RecBole's own defaults are fixed by its pinned version."""
+    settings = [{key: value for key, value in (yaml.safe_load(file.read_text()) or {}).items() if key not in RUNTIME_KEYS}
+                for file in plugin_default_files(model)]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def data_fingerprint(data_dir, dataset):
@@ -357,16 +371,18 @@ def collect_runs(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="
         name = f"[{number}/{len(plan)}] {model} {group} seed {seed}"
         files = [str(f) for f in (*config_files, *model_config_files(dataset, model, config_dir))]
         digest = config_hash(model, dataset, seed, group, files, overrides)
+        defaults = defaults_hash(model)
         path = run_path(run_dir, model, group, seed)
         result_path = valid_run_path(path) if valid_only else path
         resume, not_resumed = None, None
         if not (rerun or report_only):  # a training stopped part-way resumes before a finished run is reused
-            resume, not_resumed = read_partial(partial_path(path), digest, fingerprint)
+            resume, not_resumed = read_partial(partial_path(path), digest, fingerprint, defaults)
         if not_resumed:
             log(f"{name}: not resumed: {not_resumed}")
         unusable = f"missing (not in {run_dir})"
         if resume is None and not rerun:
-            cached, cached_path, stale = finished_run(list(dict.fromkeys([path, result_path])), digest, fingerprint)
+            cached, cached_path, stale = finished_run(list(dict.fromkeys([path, result_path])), digest, fingerprint,
+                                                      defaults)
             if cached is not None:
                 log(f"{name}: reused {cached_path}")
                 records.append(cached.without_test() if valid_only else cached)
@@ -380,13 +396,14 @@ def collect_runs(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="
                 f"(epochs 0-{resume.epoch} done, {resume.wall_seconds / 60:.1f} min)")
         else:
             log(f"{name}: training ({', '.join(files)})")
-        tracking = RunProgress(partial_path(path), digest, fingerprint, resume)
+        tracking = RunProgress(partial_path(path), digest, fingerprint, resume, defaults)
         if group == "leave_one_out":
             record, users = run_leave_one_out(model, dataset, files, seed, overrides, category_field, tracking,
                                               valid_only)
         else:
             record, users = run_multi_interest(model, dataset, files, seed, overrides, tracking, valid_only)
         record.config_hash, record.config_files, record.data_fingerprint = digest, files, fingerprint
+        record.defaults_hash = defaults
         record.valid_only = valid_only
         if not valid_only:  # first: a run file on disk always has its per-user file
             write_user_results(user_results_path(path), users, digest, fingerprint)
@@ -398,14 +415,14 @@ def collect_runs(dataset, models=DEFAULT_MODELS, config_files=(), seeds=1, out="
     return records
 
 
-def finished_run(paths, config_hash, fingerprint):
+def finished_run(paths, config_hash, fingerprint, defaults=""):
     """The first of ``paths`` holding a finished run of these settings and files: ``(record, path, None)``;
     else ``(None, None, "stale: why")``, or ``(None, None, None)`` when none of them exists."""
     stale = None
     for path in paths:
         if path.is_file():
             record = RunRecord.from_json(json.loads(path.read_text()))
-            why = stale_reason(record, config_hash, fingerprint)
+            why = stale_reason(record, config_hash, fingerprint, defaults)
             if why is None:
                 return record, path, None
             stale = stale or f"stale: {why}"
