@@ -132,10 +132,10 @@ def test_paired_tests_use_the_seeds_with_per_user_values_and_name_those_left_out
 
 
 def test_runs_left_out_are_named_once_per_reason_with_each_models_seeds_together():
-    from mind_recbole.compare.significance import _runs_text
+    from mind_recbole.compare.significance import runs_text
 
     skipped = [(PREDATES, "MIND", 2022), (PREDATES, "SINE", 2020), (PREDATES, "SINE", 2021), ("no file", "Pop", 2020)]
-    assert _runs_text(skipped) == f"{PREDATES}: MIND seed 2022, SINE seeds 2020, 2021; no file: Pop seed 2020"
+    assert runs_text(skipped) == f"{PREDATES}: MIND seed 2022, SINE seeds 2020, 2021; no file: Pop seed 2020"
 
 
 def test_paired_tests_only_compare_a_protocol_both_models_were_tested_on(tmp_path):

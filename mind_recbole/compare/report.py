@@ -108,30 +108,32 @@ def report_name(dataset, valid_only=False):
 
 
 def write_report(dataset, records, out, config_files, statistics_rows, command, elapsed_seconds, missing=(),
-                 paired=(), valid_only=False):
-    """Write the three files (``paired``: :class:`~mind_recbole.compare.significance.PairRow` list);
-    return their paths."""
+                 paired=(), valid_only=False, groups=()):
+    """Write the three files (``paired``: :class:`~mind_recbole.compare.significance.PairRow` list,
+    ``groups``: :class:`~mind_recbole.compare.interest_groups.GroupRow` list); return their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = aggregate(records, validation_results) if valid_only else aggregate(records)
     stem = report_name(dataset, valid_only)
     paths = {
-        "json": write_json(out / f"{stem}.json", _json_payload(dataset, records, table, paired, valid_only)),
+        "json": write_json(out / f"{stem}.json", _json_payload(dataset, records, table, paired, valid_only, groups)),
         "png": plot_recall(dataset, table, out / f"{stem}.png"),
     }
     markdown = render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds,
-                               paths["png"], missing, paired, valid_only, read_alone_speed(out / f"{dataset}-epoch-speed.json"))
+                               paths["png"], missing, paired, valid_only, read_alone_speed(out / f"{dataset}-epoch-speed.json"),
+                               groups)
     paths["md"] = write_text(out / f"{stem}.md", markdown)
     return paths
 
 
-def _json_payload(dataset, records, table, paired=(), valid_only=False):
+def _json_payload(dataset, records, table, paired=(), valid_only=False, groups=()):
     def column(index):  # 0: mean, 1: std
         return {p: {m: {k: v[index] for k, v in metrics.items()} for m, metrics in by_model.items()}
                 for p, by_model in table.items()}
 
     return {"dataset": dataset, "valid_only": valid_only, "protocols": column(0), "std": column(1),
-            "paired_tests": [asdict(row) for row in paired], "runs": [r.to_json() for r in records]}
+            "paired_tests": [asdict(row) for row in paired], "interest_groups": [asdict(row) for row in groups],
+            "runs": [r.to_json() for r in records]}
 
 
 def read_alone_speed(path):
@@ -141,7 +143,7 @@ def read_alone_speed(path):
 
 
 def render_markdown(dataset, records, table, config_files, statistics_rows, command, elapsed_seconds, plot,
-                    missing=(), paired=(), valid_only=False, alone_speed=None):
+                    missing=(), paired=(), valid_only=False, alone_speed=None, groups=()):
     lines = [
         f"# {dataset}: MIND against the baselines" + (", validation only" if valid_only else ""),
         "",
@@ -155,7 +157,7 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
         lines += ["Validation results only (`--valid-only`): each run's best validation epoch. The test split "
                   "was not evaluated (and the test results of tested runs reused here are left out).", ""]
     lines += _data_lines(records)
-    summary = [] if valid_only else _summary_lines(table, records, paired)
+    summary = [] if valid_only else _summary_lines(table, records, paired, groups)
     if summary:
         lines += ["## Summary", "", *summary, ""]
     if missing:
@@ -177,6 +179,8 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
                 lines += ["", best]
     if paired:
         lines += ["", f"## Paired tests: {REFERENCE} against each model", "", *_paired_tables(paired)]
+    if groups:
+        lines += ["", *_interest_group_tables(groups)]
     lines += ["", "## Training cost (leave-one-out runs)", "", *_cost_table(records), "",
               "Seconds per epoch are the wall time each run saw; runs that shared the machine with others "
               "are slower than alone (clean speed figures come from `benchmarks/`). Minutes per run include "
@@ -240,6 +244,43 @@ def _paired_tables(paired):
     return lines
 
 
+def _interest_group_tables(groups):
+    """The section of :mod:`~mind_recbole.compare.interest_groups`: one table per protocol and model."""
+    lines = []
+    for model in _unique(row.model for row in groups):
+        metric = next(row.metric for row in groups if row.model == model)
+        lines += [
+            f"## {REFERENCE} against {model} by the number of interests {REFERENCE} gives a user", "",
+            f"Test users grouped by K'_u = max(1, min(K, floor(log2 |I_u|))), the interests {REFERENCE} gives a "
+            f"history of |I_u| items (leave-one-out: every interaction before the target; multi-interest: the "
+            f"first 80 %; at most MAX_ITEM_LIST_LENGTH). Several interests can only help users who have several. "
+            f"{metric.capitalize()} of each model averaged over its seeds per user, users scored by both; the "
+            f"difference {REFERENCE} minus {model} with a paired bootstrap within each group, as above.",
+        ]
+        for protocol, title in PROTOCOLS.items():
+            rows = [row for row in groups if row.protocol == protocol and row.model == model]
+            if not rows:
+                continue
+            lines += ["", f"### {title}", "",
+                      f"| {REFERENCE}'s interests | history length | users | {REFERENCE} | {model} | "
+                      "difference | 95 % CI | p (bootstrap) |",
+                      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for row in rows:
+                test = row.test
+                if test is None:
+                    lines.append(f"| | | | | | {row.note} | | |")
+                    continue
+                lines.append(
+                    f"| {row.interests} | {row.lengths} | {test.users:,} | {row.reference_mean:.4f} | "
+                    f"{row.other_mean:.4f} | {test.mean_difference:+.4f} | "
+                    f"[{test.ci_low:+.4f}, {test.ci_high:+.4f}] | {format_p(test.p_bootstrap)} |")
+            notes = _unique(row.note for row in rows if row.test is not None and row.note)
+            if notes:
+                lines += ["", f"({'; '.join(notes)})"]
+        lines.append("")
+    return lines[:-1]
+
+
 def _data_lines(records):
     """Which atomic files the runs were trained on (:func:`~mind_recbole.compare.runner.data_fingerprint`)."""
     fingerprints = _unique(r.data_fingerprint for r in records)
@@ -279,11 +320,16 @@ def _leader(by_model, metric, pair=None):
     mind = dict((m, s) for s, m in scored).get(REFERENCE)
     text = f"First in {metric}: **{leader}** ({first:.4f}), then {runner_up} ({second:.4f})"
     if mind is not None and leader != REFERENCE:
-        text += f"; {REFERENCE} {mind:.4f} ({(mind - first) / first:+.1%} against the leader)"
+        text += f"; {REFERENCE} {mind:.4f} ({_percent(mind - first, first)} against the leader)"
     elif leader == REFERENCE:
-        text += f"; {REFERENCE} leads by {first - second:+.4f} ({(first - second) / second:+.1%})" + _margin_verdict(
+        text += f"; {REFERENCE} leads by {first - second:+.4f} ({_percent(first - second, second)})" + _margin_verdict(
             by_model, metric, leader, runner_up, first - second) + _pair_verdict(pair)
     return text + "."
+
+
+def _percent(change, base):
+    """``change`` relative to ``base`` as a signed percentage; ``n/a %`` when ``base`` is 0."""
+    return f"{change / base:+.1%}" if base else "n/a %"
 
 
 def _ranked(by_model, metric):
@@ -320,9 +366,10 @@ def _pair_verdict(pair):
     return f"; paired test p = {format_p(pair.test.p_bootstrap)} (bootstrap, {pair.test.users:,} users)"
 
 
-def _summary_lines(table, records, paired):
+def _summary_lines(table, records, paired, groups=()):
     """Where MIND stands, in a few lines: its place in each protocol's recall@50, the paired test against
-    the model next to it, and its diagnostics beside YouTubeDNN's (its single-interest twin)."""
+    the model next to it, its difference to each model of ``groups`` by its number of interests, and its
+    diagnostics beside YouTubeDNN's (its single-interest twin)."""
     lines = []
     for protocol, title in SHORT_TITLES.items():
         by_model = table.get(protocol, {})
@@ -337,6 +384,7 @@ def _summary_lines(table, records, paired):
         pair = _find_pair(paired, protocol, neighbour, "recall@50")
         lines.append(f"- {title}: {REFERENCE} is {standing} in recall@50 ({mind:.4f} against {neighbour}'s "
                      f"{other:.4f}, {mind - other:+.4f}){margin}{_pair_verdict(pair)}.")
+    lines += _group_summary_lines(groups)
     runs_of = _leave_one_out_runs(records)
     mean = {(model, name): statistics.fmean(r.diagnostics[name] for r in runs_of[model] if name in r.diagnostics)
             for model in (REFERENCE, "YouTubeDNN") if model in runs_of for name in ("interest_cosine", "categories@50")
@@ -349,6 +397,29 @@ def _summary_lines(table, records, paired):
         lines.append(f"- Categories in the top-50 list: {REFERENCE} {mine:.3f}, YouTubeDNN {single:.3f} "
                      f"({'more' if mine > single else 'not more'} diverse than its single-interest twin).")
     return lines
+
+
+def _group_summary_lines(groups):
+    """A line per protocol and model of :mod:`~mind_recbole.compare.interest_groups`: the difference in
+    each group of users, by how many interests MIND gives them."""
+    lines = []
+    for (protocol, model), rows in _grouped(groups, lambda row: (row.protocol, row.model)).items():
+        tested = [row for row in rows if row.test is not None]
+        if protocol not in SHORT_TITLES or not tested:
+            continue
+        parts = [f"{row.test.mean_difference:+.4f} at {row.interests} interests ({row.lengths} items, "
+                 f"{row.test.users:,} users, p = {format_p(row.test.p_bootstrap)})" for row in tested]
+        lines.append(f"- {SHORT_TITLES[protocol]}, {REFERENCE} minus {model} in {tested[0].metric} by the interests "
+                     f"{REFERENCE} gives a user: {'; '.join(parts)}.")
+    return lines
+
+
+def _grouped(items, key):
+    """``{key(item): [items]}`` in first-seen order."""
+    grouped = {}
+    for item in items:
+        grouped.setdefault(key(item), []).append(item)
+    return grouped
 
 
 def _find_pair(paired, protocol, model, metric):

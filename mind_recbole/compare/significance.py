@@ -127,25 +127,39 @@ def wilcoxon_p(differences):
     return float(wilcoxon(differences, zero_method="wilcox").pvalue)
 
 
+class RunUserValues:
+    """Each run's per-user values (:func:`~mind_recbole.compare.user_results.read_user_results`), read
+    from ``run_dir`` once: calling it with a record gives ``(by_protocol, why_not)``."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.loaded = {}
+
+    def __call__(self, record):
+        key = (record.model, record.group, record.seed)
+        if key not in self.loaded:
+            path = user_results_path(run_path(self.run_dir, *key))
+            self.loaded[key] = read_user_results(path, record.config_hash, record.data_fingerprint)
+        return self.loaded[key]
+
+
+def runs_by_model(records, protocol):
+    """``{model: [records tested on protocol]}``, models in the order of ``records``."""
+    runs = {}
+    for record in records:
+        if protocol in record.results:
+            runs.setdefault(record.model, []).append(record)
+    return runs
+
+
 def paired_tests(records, run_dir, reference=REFERENCE, metrics=TESTED_METRICS):
     """:class:`PairRow` for ``reference`` against every other model of ``records`` on each
     protocol both were tested on, reading the runs' per-user files from ``run_dir``."""
-    loaded = {}
-
-    def user_values(record):
-        key = (record.model, record.group, record.seed)
-        if key not in loaded:
-            path = user_results_path(run_path(run_dir, *key))
-            loaded[key] = read_user_results(path, record.config_hash, record.data_fingerprint)
-        return loaded[key]
-
+    user_values = RunUserValues(run_dir)
     rows = []
     protocols = list(dict.fromkeys(p for r in records for p in r.results))
     for protocol in protocols:
-        runs = {}
-        for record in records:
-            if protocol in record.results:
-                runs.setdefault(record.model, []).append(record)
+        runs = runs_by_model(records, protocol)
         if reference not in runs:
             continue
         for model in (m for m in runs if m != reference):
@@ -157,31 +171,38 @@ def paired_tests(records, run_dir, reference=REFERENCE, metrics=TESTED_METRICS):
     return rows
 
 
+def seed_averaged_values(runs, protocol, metric, user_values):
+    """``(users, values)`` of :func:`seed_average` over the runs (seeds) that kept per-user ``metric``
+    of ``protocol`` (None when none did), and ``(why, model, seed)`` of each run left out."""
+    seeds, skipped = [], []
+    for record in runs:
+        by_protocol, why_not = user_values(record)
+        if by_protocol is not None and metric not in getattr(by_protocol.get(protocol), "metrics", {}):
+            why_not = f"no per-user {metric} of protocol {protocol}"
+        if why_not:
+            skipped.append((why_not, record.model, record.seed))
+            continue
+        values = by_protocol[protocol]
+        seeds.append((values.users, values.metrics[metric]))
+    return (seed_average(seeds) if seeds else None), skipped
+
+
 def _pair_row(protocol, model, metric, reference_runs, other_runs, user_values):
     """The test of one pair over the seeds that kept per-user values (``note`` names any seed left
     out), or the reason it cannot be made when a model has no such seed."""
     averaged, left_out = [], []
     for runs in (reference_runs, other_runs):
-        seeds, skipped = [], []
-        for record in runs:
-            by_protocol, why_not = user_values(record)
-            if by_protocol is not None and metric not in getattr(by_protocol.get(protocol), "metrics", {}):
-                why_not = f"no per-user {metric} of protocol {protocol}"
-            if why_not:
-                skipped.append((why_not, record.model, record.seed))
-                continue
-            values = by_protocol[protocol]
-            seeds.append((values.users, values.metrics[metric]))
-        if not seeds:
-            return PairRow(protocol, model, metric, note=f"n/a ({_runs_text(skipped)})")
+        values, skipped = seed_averaged_values(runs, protocol, metric, user_values)
+        if values is None:
+            return PairRow(protocol, model, metric, note=f"n/a ({runs_text(skipped)})")
         left_out += skipped
-        averaged.append(seed_average(seeds))
+        averaged.append(values)
     (users_a, values_a), (users_b, values_b) = averaged
-    note = f"without {_runs_text(left_out)}" if left_out else ""
+    note = f"without {runs_text(left_out)}" if left_out else ""
     return PairRow(protocol, model, metric, paired_test(users_a, values_a, users_b, values_b), note)
 
 
-def _runs_text(skipped):
+def runs_text(skipped):
     """``run predates per-user results: MIND seed 2022, SINE seeds 2020, 2021`` from ``(why, model, seed)``
     triples: one clause per reason, each model's seeds together."""
     by_reason = {}
