@@ -247,8 +247,8 @@ def _paired_tables(paired):
 def _interest_group_tables(groups):
     """The section of :mod:`~mind_recbole.compare.interest_groups`: one table per protocol and model."""
     lines = []
-    for model in _unique(row.model for row in groups):
-        metric = next(row.metric for row in groups if row.model == model)
+    for model, model_rows in _grouped(groups, lambda row: row.model).items():
+        metric = model_rows[0].metric
         lines += [
             f"## {REFERENCE} against {model} by the number of interests {REFERENCE} gives a user", "",
             f"Test users grouped by K'_u = max(1, min(K, floor(log2 |I_u|))), the interests {REFERENCE} gives a "
@@ -258,7 +258,7 @@ def _interest_group_tables(groups):
             f"difference {REFERENCE} minus {model} with a paired bootstrap within each group, as above.",
         ]
         for protocol, title in PROTOCOLS.items():
-            rows = [row for row in groups if row.protocol == protocol and row.model == model]
+            rows = [row for row in model_rows if row.protocol == protocol]
             if not rows:
                 continue
             lines += ["", f"### {title}", "",
