@@ -183,7 +183,11 @@ def config_hash(model, dataset, seed, group, config_files, overrides):
     layout of a config keeps its runs."""
     overrides = {k: v for k, v in overrides.items() if k not in RUNTIME_KEYS}
     settings = [yaml.safe_load(Path(file).read_text()) for file in config_files]
-    payload = [model, dataset, seed, group, overrides, settings]
+    return _digest([model, dataset, seed, group, overrides, settings])
+
+
+def _digest(payload):
+    """16 hex digits of the SHA-256 of ``payload`` as sorted JSON: the same settings give the same hash."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -194,7 +198,7 @@ def defaults_hash(model):
     RecBole's own defaults are fixed by its pinned version."""
     settings = [{key: value for key, value in (yaml.safe_load(file.read_text()) or {}).items() if key not in RUNTIME_KEYS}
                 for file in plugin_default_files(model)]
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _digest(settings)
 
 
 def data_fingerprint(data_dir, dataset):
