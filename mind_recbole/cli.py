@@ -191,6 +191,10 @@ def build_parser():
     export.add_argument("--opset", type=int, help="ONNX opset (default: torch's)")
     export.add_argument("--atol", type=float, default=1e-5, help="parity tolerance, ONNX Runtime vs PyTorch (default 1e-5)")
     export.add_argument(
+        "--rtol", type=float, default=1e-4,
+        help="added parity tolerance, times each case's largest |interest value| (default 1e-4)",
+    )
+    export.add_argument(
         "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
         help="torch.onnx exporter; auto is dynamo with a TorchScript fallback (default auto)",
     )
@@ -444,7 +448,7 @@ def export_checkpoint(args, _overrides):
 
     try:
         result = export_user_tower(
-            args.checkpoint, args.out, opset=args.opset, atol=args.atol, exporter=args.exporter, quantize=args.quantize
+            args.checkpoint, args.out, opset=args.opset, atol=args.atol, exporter=args.exporter, quantize=args.quantize, rtol=args.rtol
         )
     except ParityError as error:
         print(f"mind-recbole export: parity check failed: {error}", file=sys.stderr)

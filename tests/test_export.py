@@ -41,7 +41,8 @@ def test_export_writes_the_documented_files_and_passes_parity(mind_export):
     assert not list(model_dir.glob("*.data")), "weights must be inside user_tower.onnx"
     assert result.metadata[artifacts.META_EXPORTER] == "dynamo"
     parity = result.parity
-    assert parity.passed and parity.max_abs_diff[artifacts.OUTPUT_INTERESTS] <= 1e-5
+    assert parity.passed and (parity.atol, parity.rtol) == (1e-5, 1e-4)
+    assert all(c.max_abs_diff[artifacts.OUTPUT_INTERESTS] <= 1e-5 + 1e-4 * c.scale for c in parity.cases)
     assert parity.max_abs_diff[artifacts.OUTPUT_MASK] == 0.0
     shapes = {(c.batch, c.seq_len) for c in parity.cases}
     assert {(1, 1), (3, 2), (17, 7), (17, model.max_seq_length)} <= shapes
@@ -148,6 +149,19 @@ def test_parity_error_names_the_output_and_the_difference(mind_export):
     assert error.value.output_name == "interests" and error.value.max_abs_diff == pytest.approx(1e-3, rel=1e-2)
     assert "'interests'" in str(error.value) and "1e-05" in str(error.value)
     assert check_parity(model_dir / artifacts.ONNX_FILE, perturbed, atol=1e-2).passed  # within a loose tolerance
+
+    grown = copy.deepcopy(model)  # every interest value 0.1 % larger: a relative difference of 1e-3
+    with torch.no_grad():
+        grown.tower.layers[-1].weight *= 1.001
+        grown.tower.layers[-1].bias *= 1.001
+    report = check_parity(model_dir / artifacts.ONNX_FILE, grown, atol=0.0, rtol=2e-3)
+    assert report.passed and report.max_abs_diff[artifacts.OUTPUT_INTERESTS] > 0
+    for case in report.cases:  # scale: the case's largest |PyTorch value|; the difference is 1e-3 of it
+        assert case.max_abs_diff[artifacts.OUTPUT_INTERESTS] == pytest.approx(1e-3 * case.scale, rel=0.05, abs=1e-6)
+    with pytest.raises(ParityError, match="rtol 0.0005") as error:
+        check_parity(model_dir / artifacts.ONNX_FILE, grown, atol=0.0, rtol=5e-4)
+    worst = error.value.report.worst_case(artifacts.OUTPUT_INTERESTS)
+    assert error.value.allowed == pytest.approx(5e-4 * worst.scale) and error.value.scale == worst.scale
 
     flipped = copy.deepcopy(model)
     forward = flipped.forward
@@ -267,3 +281,28 @@ def test_torch_full_sort_and_numpy_serving_rank_the_same_top_50(mind_export, bea
         assert len(np.unique(served.ids, axis=None)) > 50 and (served.ids > 0).all()
         compared += len(rows)
     assert compared == test_data._dataset.user_num - 1  # every test user
+
+
+def test_parity_tolerance_grows_with_the_values_and_the_worst_case_is_the_furthest_over():
+    """Hand-computed: allowed = atol + rtol x the case's largest |value|; a large value may differ more."""
+    from export.onnx_export import ParityCase, ParityReport, parity_error
+
+    def case(name, diff, scale):
+        return ParityCase(name, 1, 1, {artifacts.OUTPUT_INTERESTS: diff, artifacts.OUTPUT_MASK: 0.0}, scale)
+
+    big = case("big values", 5e-5, 10.0)  # allowed 1e-5 + 1e-4 x 10 = 1.01e-3
+    small = case("small values", 2e-5, 0.01)  # allowed 1e-5 + 1e-6 = 1.1e-5: over by 1.8x
+    report = ParityReport(atol=1e-5, rtol=1e-4, cases=[big])
+    assert report.passed and report.allowed(big) == pytest.approx(1.01e-3)
+    assert not ParityReport(atol=1e-5, rtol=0.0, cases=[big]).passed  # the same difference against atol alone
+    report.cases.append(small)
+    assert not report.passed and report.max_abs_diff[artifacts.OUTPUT_INTERESTS] == 5e-5
+    error = parity_error(report)
+    assert error.case == "small values" and error.max_abs_diff == 2e-5 and error.allowed == pytest.approx(1.1e-5)
+    assert "2e-05 > 1.1e-05 allowed (atol 1e-05 + rtol 0.0001 x max |value| 0.01) (worst case: small values)" in str(error)
+    assert report.to_dict()["cases"][1] == {
+        "name": "small values", "batch": 1, "seq_len": 1, artifacts.OUTPUT_INTERESTS: 2e-5, artifacts.OUTPUT_MASK: 0.0,
+        "scale": 0.01, "allowed": pytest.approx(1.1e-5),
+    }
+    nan = case("NaN", float("inf"), 1.0)
+    assert not ParityReport(atol=1.0, rtol=1.0, cases=[nan]).passed
