@@ -90,8 +90,10 @@ def history_lengths(sequences, max_length):
     return {"full": (users[order], leave_one_out[order]), "multi_interest": (users[order], held_out[order])}
 
 
-def paired_tests_by_interest_count(records, run_dir, lengths, interest_num, reference=REFERENCE, models=GROUP_MODELS,
-                            metric=GROUP_METRIC, protocols=GROUP_PROTOCOLS):
+def paired_tests_by_interest_count(
+    records, run_dir, lengths, interest_num, reference=REFERENCE, models=GROUP_MODELS, metric=GROUP_METRIC,
+    protocols=GROUP_PROTOCOLS,
+):
     """:class:`GroupRow` per protocol, model and interest count, from the runs' per-user files in
     ``run_dir`` (each model's values averaged over its seeds, users scored by both models only).
 
