@@ -39,6 +39,11 @@ so the ``mind-recbole`` command reports them as errors with exit status 2):
 import hashlib
 from pathlib import Path
 
+# The parity check's defaults (export_report.json records those used): interests may differ by
+# PARITY_ATOL + PARITY_RTOL x the case's largest |value| (float32 rounding grows with the values).
+PARITY_ATOL = 1e-5
+PARITY_RTOL = 1e-4
+
 ONNX_FILE = "user_tower.onnx"
 INT8_ONNX_FILE = "user_tower.int8.onnx"  # written by ``export --quantize int8`` (export/quantize.py)
 ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"

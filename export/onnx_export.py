@@ -331,13 +331,6 @@ class ParityReport:
     def allowed(self, case):
         return self.atol + self.rtol * case.scale
 
-    def _excess(self, case):
-        """A case's ``interests`` difference as a multiple of its allowance (over 1 fails)."""
-        diff, allowed = case.max_abs_diff[artifacts.OUTPUT_INTERESTS], self.allowed(case)
-        if allowed > 0:
-            return diff / allowed
-        return 0.0 if diff <= allowed else float("inf")
-
     @property
     def max_abs_diff(self):
         outputs = (artifacts.OUTPUT_INTERESTS, artifacts.OUTPUT_MASK)
@@ -350,7 +343,7 @@ class ParityReport:
     def worst_case(self, output):
         """The case furthest over its allowance (``interests``) or with the largest difference (the mask)."""
         if output == artifacts.OUTPUT_INTERESTS:
-            return max(self.cases, key=self._excess)
+            return max(self.cases, key=lambda c: c.max_abs_diff[output] - self.allowed(c))
         return max(self.cases, key=lambda c: c.max_abs_diff[output])
 
     @property
@@ -437,8 +430,8 @@ def parity_cases(n_items, max_seq_length, batch_sizes=(1, 3, 17), lengths=None, 
 def check_parity(
     onnx_path,
     model,
-    atol=1e-5,
-    rtol=1e-4,
+    atol=artifacts.PARITY_ATOL,
+    rtol=artifacts.PARITY_RTOL,
     batch_sizes=(1, 3, 17),
     lengths=None,
     n_users=None,
@@ -548,7 +541,8 @@ def save_onnx(proto, path):
 
 
 def export_model(
-    model, dataset, out_dir, opset=None, atol=1e-5, exporter="auto", checkpoint=None, check=True, quantize=None, rtol=1e-4
+    model, dataset, out_dir, opset=None, atol=artifacts.PARITY_ATOL, exporter="auto", checkpoint=None, check=True, quantize=None,
+    rtol=artifacts.PARITY_RTOL,
 ):
     """Export an in-memory model (see :func:`export_user_tower`); the model is moved to CPU, eval mode.
 
@@ -697,7 +691,10 @@ def _write_int8_tower(onnx_path, out_dir, item_vectors, model, n_users):
     return overlap
 
 
-def export_user_tower(checkpoint, out_dir, opset=None, atol=1e-5, exporter="auto", check=True, quantize=None, rtol=1e-4):
+def export_user_tower(
+    checkpoint, out_dir, opset=None, atol=artifacts.PARITY_ATOL, exporter="auto", check=True, quantize=None,
+    rtol=artifacts.PARITY_RTOL,
+):
     """Load a RecBole checkpoint of an interest model (MIND, YouTubeDNN, ComiRec) and export its serving artefacts to ``out_dir``.
 
     Writes ``user_tower.onnx`` (metadata inside), ``item_embeddings.npy``, ``item_tokens.json``

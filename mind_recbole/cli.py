@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from export import artifacts
 from mind_recbole.atomic_write import write_json
 from mind_recbole.config_files import DEFAULT_DATA_PATH, dataset_config_files
 from mind_recbole.known_warnings import hide_known_warnings
@@ -189,10 +190,13 @@ def build_parser():
     export.add_argument("--checkpoint", required=True, type=Path, help="RecBole checkpoint, e.g. saved/MIND-....pth")
     export.add_argument("--out", required=True, type=Path, help="output directory (user_tower.onnx, item_embeddings.npy, ...)")
     export.add_argument("--opset", type=int, help="ONNX opset (default: torch's)")
-    export.add_argument("--atol", type=float, default=1e-5, help="parity tolerance, ONNX Runtime vs PyTorch (default 1e-5)")
     export.add_argument(
-        "--rtol", type=float, default=1e-4,
-        help="added parity tolerance, times each case's largest |interest value| (default 1e-4)",
+        "--atol", type=float, default=artifacts.PARITY_ATOL,
+        help=f"parity tolerance, ONNX Runtime vs PyTorch (default {artifacts.PARITY_ATOL:g})",
+    )
+    export.add_argument(
+        "--rtol", type=float, default=artifacts.PARITY_RTOL,
+        help=f"added parity tolerance, times each case's largest |interest value| (default {artifacts.PARITY_RTOL:g})",
     )
     export.add_argument(
         "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
