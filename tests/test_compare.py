@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mind_recbole.compare.report import aggregate, model_colors, render_markdown, validation_results
+from mind_recbole.compare.report import aggregate, config_sections, model_colors, render_markdown, validation_results
 from mind_recbole.compare.runner import (
     SEED_SWEEP_MODELS,
     RunRecord,
@@ -17,6 +17,7 @@ from mind_recbole.compare.runner import (
     run_plan,
 )
 from mind_recbole.compare.significance import PairedTest, PairRow
+from mind_recbole.config_files import plugin_default_files
 from tests.conftest import AMAZON_CONFIG
 
 
@@ -103,13 +104,13 @@ def test_paired_tests_are_rendered_per_protocol_with_n_a_for_runs_without_per_us
     paired = [PairRow("full", "Pop", "recall@50", PairedTest(0.1, 0.08, 0.12, 2 / 10_001, 3e-9, 22_363)),
               PairRow("full", "SASRec", "recall@50", note="n/a (run predates per-user results: SASRec seed 1)"),
               PairRow("full", "SINE", "recall@50", PairedTest(0.01, -0.02, 0.04, 0.5, 0.4, 22_363),
-                      note="without run predates per-user results: SINE seed 1")]
+                      note="left out, run predates per-user results: SINE seed 1")]
     text = render_markdown("d", records, aggregate(records), [], [], "c", 60, None, paired=paired)
     section = text.split("## Paired tests: MIND against each model")[1].split("## Training cost")[0]
     assert "### Leave-one-out, full ranking" in section and "10,000 resamples" in section
     assert "| MIND vs Pop | recall@50 | +0.1000 | [+0.0800, +0.1200] | 2.0e-04 | 3.0e-09 | 22,363 |" in section
     assert "| MIND vs SASRec | recall@50 | n/a (run predates per-user results: SASRec seed 1) | | | | |" in section
-    assert "| MIND vs SINE (without run predates per-user results: SINE seed 1) | recall@50 | +0.0100 |" in section
+    assert "| MIND vs SINE (left out, run predates per-user results: SINE seed 1) | recall@50 | +0.0100 |" in section
 
 
 def test_summary_says_where_mind_stands_with_the_paired_test_and_its_diagnostics():
@@ -137,6 +138,33 @@ def test_summary_says_where_mind_stands_with_the_paired_test_and_its_diagnostics
     assert "## Summary" not in render_markdown("d", [r.without_test() for r in records[:2]],
                                                aggregate([r.without_test() for r in records[:2]], validation_results),
                                                [], [], "c", 60, None, valid_only=True)
+
+
+def test_config_files_of_runs_from_another_checkout_are_shown_once_by_their_project_path(tmp_path, monkeypatch):
+    checkouts = {}
+    for name, learning_rate in [("main", 0.01), ("worktree", 0.01), ("other", 0.003)]:
+        root = tmp_path / name
+        (root / "configs").mkdir(parents=True)
+        (root / "pyproject.toml").write_text("")
+        (root / "configs" / "d.yaml").write_text(f"learning_rate: {learning_rate}\n")
+        checkouts[name] = root / "configs" / "d.yaml"
+    monkeypatch.chdir(tmp_path / "main")
+    same = config_sections([checkouts["main"], checkouts["worktree"], "configs/d.yaml"])
+    assert same == [("configs/d.yaml", "learning_rate: 0.01\n")]
+    differing = config_sections([checkouts["main"], checkouts["other"]])
+    assert differing == [(str(checkouts["main"]), "learning_rate: 0.01\n"),
+                         (str(checkouts["other"]), "learning_rate: 0.003\n")]
+    gone = tmp_path / "removed" / "configs" / "d.yaml"
+    assert config_sections([gone]) == [(str(gone), None)]
+    runs = [record("MIND", 1, 0.2)]
+    runs[0].config_files = [str(checkouts["worktree"]), str(gone)]
+    text = render_markdown("d", runs, aggregate(runs), ["configs/d.yaml"], [], "c", 60, None)
+    configuration = text.split("## Configuration")[1]
+    assert configuration.count("`configs/d.yaml`:") == 1 and str(tmp_path / "worktree") not in configuration
+    assert f"`{gone}`:\n\n(no longer on disk)" in configuration
+    recipe = plugin_default_files("MIND")[-1].read_text().rstrip()  # MIND's defaults come first, in full
+    assert configuration.index("`mind_recbole/properties/model/MIND.yaml`:") < configuration.index("`configs/d.yaml`:")
+    assert recipe in configuration
 
 
 def test_validation_report_shows_best_validation_only():

@@ -128,7 +128,7 @@ def test_paired_tests_use_the_seeds_with_per_user_values_and_name_those_left_out
     write_users(tmp_path, pop, "full", ["u1", "u2"], [0.0, 0.0])
     row = paired_tests([*mind, pop], tmp_path)[0]
     assert row.test.mean_difference == pytest.approx(0.5) and row.test.users == 2  # seed 2021 alone
-    assert row.note == f"without {PREDATES}: MIND seed 2020"
+    assert row.note == f"left out, {PREDATES}: MIND seed 2020"
 
 
 def test_runs_left_out_are_named_once_per_reason_with_each_models_seeds_together():

@@ -24,6 +24,7 @@ from mind_recbole.compare.significance import (
     REFERENCE,
     PairedTest,
     RunUserValues,
+    left_out_note,
     paired_test,
     runs_by_model,
     runs_text,
@@ -114,9 +115,8 @@ def paired_tests_by_interest_count(
             if reference_values is None or other_values is None:  # one row saying why
                 rows.append(GroupRow(protocol, model, metric, 0, "", note=f"n/a ({runs_text(skipped + other_skipped)})"))
                 continue
-            note = f"without {runs_text(skipped + other_skipped)}" if skipped + other_skipped else ""
             rows += _group_rows(protocol, model, metric, reference_values, other_values, lengths[protocol],
-                                interest_num, note)
+                                interest_num, left_out_note(skipped + other_skipped))
     return rows
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from mind_recbole.atomic_write import replaced_on_success, write_json, write_text
 from mind_recbole.compare.runner import CTR_MODELS, no_place
 from mind_recbole.compare.significance import REFERENCE, RESAMPLES, format_p
+from mind_recbole.config_files import plugin_default_files
 
 PROTOCOLS = {
     "full": "Leave-one-out, full ranking",
@@ -192,9 +193,13 @@ def render_markdown(dataset, records, table, config_files, statistics_rows, comm
         lines += ["", "## Interest diagnostics (leave-one-out test users)", "", *_diagnostics_table(records)]
     if plot:
         lines += ["", f"![Recall@N per model]({Path(plot).name})"]
-    lines += ["", "## Configuration", ""]
-    for file in _unique(str(Path(f).resolve()) for f in [*config_files, *(f for r in records for f in r.config_files)]):
-        lines += [f"`{_display(file)}`:", "", "```yaml", Path(file).read_text().rstrip(), "```", ""]
+    lines += ["", "## Configuration", "",
+              "Each run reads RecBole's defaults, then the plugin's defaults for the model (its recipe), then the "
+              "config files it was given, later files winning:", ""]
+    defaults = [f for model in models for f in plugin_default_files(model)]
+    for name, text in config_sections([*defaults, *config_files, *(f for r in records for f in r.config_files)]):
+        lines += [f"`{name}`:", ""] + (["```yaml", text.rstrip(), "```"] if text is not None else
+                                       ["(no longer on disk)"]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -525,13 +530,36 @@ def model_colors(table):
     return {model: f"C{index % 10}" for index, model in enumerate(models)}
 
 
-def _display(file):
-    """A config path relative to the working directory when it lies below it."""
-    path = Path(file).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(file)
+def config_sections(files):
+    """``(name, text)`` per distinct config file of the comparison, in first-seen order.
+
+    Runs may have been trained from another checkout of the project (a second worktree, another
+    machine's path): a file is named relative to the project root above it (the folder with
+    ``pyproject.toml``), else to the working directory, so the same ``configs/...`` file is shown
+    once. Copies whose contents differ are each shown under their full path; a file no longer on
+    disk has ``None`` as its text.
+    """
+    copies = {}  # name -> {text: first path with that text}
+    for file in _unique(str(Path(f).resolve()) for f in files):
+        path = Path(file)
+        text = path.read_text() if path.is_file() else None
+        copies.setdefault(_display(path), {}).setdefault(text, file)
+    sections = []
+    for name, by_text in copies.items():
+        if len(by_text) == 1:
+            sections.append((name, next(iter(by_text))))
+        else:
+            sections += [(file, text) for text, file in by_text.items()]
+    return sections
+
+
+def _display(path):
+    """A config path relative to the nearest project root above it, else to the working directory, else as given."""
+    roots = [*(parent for parent in path.parents if (parent / "pyproject.toml").is_file()), Path.cwd()]
+    for root in roots:
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
 
 
 def _unique(items):
