@@ -27,8 +27,8 @@ from mind_recbole.compare.significance import (
     left_out_note,
     paired_test,
     runs_by_model,
-    runs_text,
     seed_averaged_values,
+    unavailable_note,
 )
 from mind_recbole.compare.user_results import pseudonyms
 from mind_recbole.evaluation.multi_interest import HISTORY_FRACTION
@@ -113,7 +113,7 @@ def paired_tests_by_interest_count(
             (reference_values, skipped), (other_values, other_skipped) = (
                 seed_averaged_values(runs[name], protocol, metric, user_values) for name in (reference, model))
             if reference_values is None or other_values is None:  # one row saying why
-                rows.append(GroupRow(protocol, model, metric, 0, "", note=f"n/a ({runs_text(skipped + other_skipped)})"))
+                rows.append(GroupRow(protocol, model, metric, 0, "", note=unavailable_note(skipped + other_skipped)))
                 continue
             rows += _group_rows(protocol, model, metric, reference_values, other_values, lengths[protocol],
                                 interest_num, left_out_note(skipped + other_skipped))

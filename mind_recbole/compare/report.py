@@ -540,10 +540,9 @@ def config_sections(files):
     disk has ``None`` as its text.
     """
     copies = {}  # name -> {text: first path with that text}
-    for file in _unique(str(Path(f).resolve()) for f in files):
-        path = Path(file)
+    for path in _unique(Path(f).resolve() for f in files):
         text = path.read_text() if path.is_file() else None
-        copies.setdefault(_display(path), {}).setdefault(text, file)
+        copies.setdefault(_display(path), {}).setdefault(text, str(path))
     sections = []
     for name, by_text in copies.items():
         if len(by_text) == 1:
@@ -555,11 +554,8 @@ def config_sections(files):
 
 def _display(path):
     """A config path relative to the nearest project root above it, else to the working directory, else as given."""
-    roots = [*(parent for parent in path.parents if (parent / "pyproject.toml").is_file()), Path.cwd()]
-    for root in roots:
-        if path.is_relative_to(root):
-            return str(path.relative_to(root))
-    return str(path)
+    root = next((parent for parent in path.parents if (parent / "pyproject.toml").is_file()), Path.cwd())
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _unique(items):

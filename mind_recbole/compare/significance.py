@@ -194,11 +194,16 @@ def _pair_row(protocol, model, metric, reference_runs, other_runs, user_values):
     for runs in (reference_runs, other_runs):
         values, skipped = seed_averaged_values(runs, protocol, metric, user_values)
         if values is None:
-            return PairRow(protocol, model, metric, note=f"n/a ({runs_text(skipped)})")
+            return PairRow(protocol, model, metric, note=unavailable_note(skipped))
         left_out += skipped
         averaged.append(values)
     (users_a, values_a), (users_b, values_b) = averaged
     return PairRow(protocol, model, metric, paired_test(users_a, values_a, users_b, values_b), left_out_note(left_out))
+
+
+def unavailable_note(skipped):
+    """``n/a (run predates per-user results: SASRec seed 2020)`` for a test no seed could make."""
+    return f"n/a ({runs_text(skipped)})"
 
 
 def left_out_note(skipped):
